@@ -1,0 +1,1 @@
+"""Pipeline steps: one module per step, each a plain function over files."""

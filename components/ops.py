@@ -1,0 +1,71 @@
+"""Thin KFP component wrappers around the step functions.
+
+KFP ships only each function's own source to the step container, so every body imports
+what it needs inside. The spec travels as the job's JSON; `index` picks the step.
+"""
+
+
+from typing import Any
+
+from kfp import dsl
+from kfp.dsl import Artifact, Input, Model, Output
+
+DEFAULT_STEP_IMAGE = "ghcr.io/modelpress/step:0.1.0"
+
+
+def fetch_op(job: str, original: Output[Model], data: Output[Artifact],
+             ledger: Output[Artifact]) -> None:
+    from pathlib import Path
+
+    from modelpress.components.ops_runtime import run_fetch
+
+    run_fetch(job, Path(original.path), Path(data.path), Path(ledger.path))
+
+
+def compress_op(job: str, index: int, original: Input[Model], data: Input[Artifact],
+                model_in: Input[Model], ledger_in: Input[Artifact], model_out: Output[Model],
+                ledger: Output[Artifact]) -> None:
+    from pathlib import Path
+
+    from modelpress.components.ops_runtime import run_compress
+
+    run_compress(job, index, Path(original.path), Path(data.path), Path(model_in.path),
+                 Path(ledger_in.path), Path(model_out.path), Path(ledger.path))
+
+
+def validate_op(job: str, original: Input[Model], data: Input[Artifact], model_in: Input[Model],
+                ledger_in: Input[Artifact], compressed: Output[Model],
+                ledger: Output[Artifact]) -> None:
+    from pathlib import Path
+
+    from modelpress.components.ops_runtime import run_validate
+
+    run_validate(job, Path(original.path), Path(data.path), Path(model_in.path),
+                 Path(ledger_in.path), Path(compressed.path), Path(ledger.path))
+
+
+def benchmark_op(job: str, pool: str, original: Input[Model], data: Input[Artifact],
+                 compressed: Input[Model], ledger_in: Input[Artifact],
+                 ledger: Output[Artifact]) -> None:
+    from pathlib import Path
+
+    from modelpress.components.ops_runtime import run_benchmark
+
+    run_benchmark(job, pool, Path(original.path), Path(data.path), Path(compressed.path),
+                  Path(ledger_in.path), Path(ledger.path))
+
+
+def report_op(job: str, job_name: str, output: str, compressed: Input[Model], ledger_in: Input[Artifact],
+              results: Output[Artifact]) -> None:
+    from pathlib import Path
+
+    from modelpress.components.ops_runtime import run_report
+
+    run_report(job_name, output, Path(compressed.path), Path(ledger_in.path), Path(results.path))
+
+
+def make_ops(image: str) -> dict[str, Any]:
+    """The components with `image` as their base image (the job's `image`, or ours)."""
+    functions = (fetch_op, compress_op, validate_op, benchmark_op, report_op)
+    return {fn.__name__: dsl.component(fn, base_image=image or DEFAULT_STEP_IMAGE)
+            for fn in functions}

@@ -1,0 +1,87 @@
+"""Prune: global or per-layer magnitude pruning of weight matrices, optionally gradual.
+
+Unstructured sparsity zeroes weights; it does not make the dense model smaller or faster
+by itself, so the step reports nonzero counts, never a speedup.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from modelpress.api import PruneStep
+from modelpress.components.data import Arrays
+from modelpress.components.modelio import load_torch, read_manifest, save_torch
+from modelpress.components.result import StepResult, timed
+from modelpress.components.training import TrainingPlan, fine_tune
+
+if TYPE_CHECKING:
+    import torch
+
+
+def prunable_weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Weight matrices and kernels (2-D and up); biases, norms and embeddings stay dense."""
+    return {name: parameter for name, parameter in module.named_parameters()
+            if name.endswith("weight") and parameter.dim() >= 2 and "embeddings" not in name}
+
+
+def magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float,
+                    scope: str) -> dict[str, torch.Tensor]:
+    """Keep-masks that zero the `sparsity` fraction of smallest |w|, globally or per layer."""
+    import torch
+
+    if sparsity <= 0:
+        return {name: torch.ones_like(weight) for name, weight in weights.items()}
+    if scope == "layer":
+        return {name: _mask_above(weight.abs(), _threshold(weight.abs().flatten(), sparsity))
+                for name, weight in weights.items()}
+    magnitudes = torch.cat([weight.detach().abs().flatten() for weight in weights.values()])
+    threshold = _threshold(magnitudes, sparsity)
+    return {name: _mask_above(weight.abs(), threshold) for name, weight in weights.items()}
+
+
+def _threshold(magnitudes: torch.Tensor, sparsity: float) -> float:
+    count = max(1, int(sparsity * magnitudes.numel()))
+    return float(magnitudes.detach().kthvalue(count).values)
+
+
+def _mask_above(magnitudes: torch.Tensor, threshold: float) -> torch.Tensor:
+    return (magnitudes.detach() > threshold).to(magnitudes.dtype)
+
+
+def schedule_sparsities(target: float, iterations: int) -> list[float]:
+    """Cubic ramp (Zhu & Gupta 2017): prune fast early, gently near the target."""
+    return [target * (1 - (1 - step / iterations) ** 3) for step in range(1, iterations + 1)]
+
+
+def apply_masks(module: torch.nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    import torch
+
+    parameters = dict(module.named_parameters())
+    with torch.no_grad():
+        for name, mask in masks.items():
+            parameters[name].mul_(mask)
+
+
+def prune(model_in: Path, original: Path, options: PruneStep, train: Arrays | None,
+          model_out: Path) -> StepResult:
+    """Prune the working model in `model_in`, fine-tuning against `original` between steps."""
+    with timed("prune") as result:
+        manifest = read_manifest(model_in)
+        student = load_torch(model_in)
+        weights = prunable_weights(student)
+        teacher = load_torch(original) if train is not None else None
+        plan = TrainingPlan(task=manifest.task, inputs=manifest.inputs,
+                            epochs=options.schedule.fine_tune_epochs, alpha=0.5)
+        for sparsity in schedule_sparsities(options.sparsity, options.schedule.iterations):
+            masks = magnitude_masks(weights, sparsity, options.scope)
+            apply_masks(student, masks)
+            if teacher is not None and plan.epochs > 0:
+                fine_tune(student, teacher, train, plan, masks)  # type: ignore[arg-type]
+        save_torch(student, model_out, manifest)
+        total = sum(int(w.numel()) for w in weights.values())
+        nonzero = sum(int(w.count_nonzero()) for w in weights.values())
+        result.figures = {"prunableParameters": total, "nonzeroParameters": nonzero,
+                          "sparsity": round(1 - nonzero / total, 4)}
+        result.message = f"{1 - nonzero / total:.1%} of {total} prunable weights are zero"
+    return result

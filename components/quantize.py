@@ -1,0 +1,103 @@
+"""Quantize: export to ONNX, then onnxruntime's quantizer (dynamic int8, static QDQ) or fp16."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from modelpress.api import QuantizeStep
+from modelpress.components.data import Arrays
+from modelpress.components.modelio import (
+    Manifest,
+    load_torch,
+    read_manifest,
+    write_manifest,
+)
+from modelpress.components.result import StepResult, timed
+
+CALIBRATION_ROWS = 256
+
+
+def _fp32_onnx(model_in: Path, sample: Arrays, scratch: Path) -> Path:
+    """The working model as fp32 ONNX, pre-processed (shape inference, fusions) for ORT."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from modelpress.components.modelio import export_onnx
+
+    manifest = read_manifest(model_in)
+    exported = scratch / "fp32.onnx"
+    if manifest.format == "onnx":
+        shutil.copyfile(model_in / manifest.file, exported)
+    else:
+        export_onnx(load_torch(model_in), sample, manifest.inputs, exported)
+    prepared = scratch / "prepared.onnx"
+    quant_pre_process(str(exported), str(prepared), skip_symbolic_shape=True)
+    return prepared
+
+
+def quantize_dynamic_int8(fp32: Path, out: Path, options: QuantizeStep, _: Arrays) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(fp32), str(out), per_channel=options.per_channel,
+                     weight_type=_weight_type(options, QuantType))
+
+
+def quantize_static_qdq(fp32: Path, out: Path, options: QuantizeStep, calibration: Arrays) -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    quantize_static(str(fp32), str(out), _CalibrationReader(calibration),
+                    quant_format=QuantFormat.QDQ, per_channel=options.per_channel,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=_weight_type(options, QuantType))
+
+
+def convert_fp16(fp32: Path, out: Path, options: QuantizeStep, _: Arrays) -> None:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
+    onnx.save(model, str(out))
+
+
+def _weight_type(options: QuantizeStep, quant_type: type) -> object:
+    return quant_type.QInt8 if options.weight_type == "int8" else quant_type.QUInt8
+
+
+class _CalibrationReader:
+    """Feeds calibration rows one small batch at a time, as onnxruntime expects."""
+
+    def __init__(self, calibration: Arrays, batch_size: int = 16) -> None:
+        inputs = {k: v[:CALIBRATION_ROWS] for k, v in calibration.items() if k != "y"}
+        length = len(next(iter(inputs.values())))
+        self._batches = iter([{k: v[i:i + batch_size] for k, v in inputs.items()}
+                              for i in range(0, length, batch_size)])
+
+    def get_next(self) -> dict | None:
+        return next(self._batches, None)
+
+
+_MODES: dict[str, Callable[[Path, Path, QuantizeStep, Arrays], None]] = {
+    "dynamic": quantize_dynamic_int8,
+    "static": quantize_static_qdq,
+    "fp16": convert_fp16,
+}
+
+
+def quantize(model_in: Path, options: QuantizeStep, sample: Arrays,
+             calibration: Arrays | None, model_out: Path) -> StepResult:
+    """Write the quantized ONNX working model to `model_out`."""
+    with timed("quantize") as result:
+        manifest: Manifest = read_manifest(model_in).with_format("onnx")
+        model_out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as scratch:
+            fp32 = _fp32_onnx(model_in, sample, Path(scratch))
+            _MODES[options.mode](fp32, model_out / manifest.file, options,
+                                 calibration if calibration is not None else sample)
+        write_manifest(model_out, manifest)
+        size = (model_out / manifest.file).stat().st_size
+        result.figures = {"mode": options.mode, "sizeBytes": size}
+        result.message = f"{options.mode} ({options.weight_type}"\
+                         f"{', per-channel' if options.per_channel else ''}): {size} bytes"
+    return result

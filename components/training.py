@@ -1,0 +1,85 @@
+"""Fine-tuning shared by prune (between schedule iterations) and distill.
+
+The loss follows the task: classification mixes the teacher's softened logits with the
+labels (Hinton et al.); embeddings regress the teacher's embedding (MSE). Masks, when
+given, keep pruned weights at zero after every optimiser step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from modelpress.components.data import LABELS, Arrays
+from modelpress.components.modelio import torch_inputs
+
+if TYPE_CHECKING:
+    import torch
+
+BATCH_SIZE = 64
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    task: str
+    inputs: list[str]
+    epochs: int
+    learning_rate: float = 1e-3
+    temperature: float = 4.0
+    alpha: float = 0.7  # weight of the teacher's term; 1.0 = teacher only
+
+
+def distillation_loss(student_out: torch.Tensor, teacher_out: torch.Tensor,
+                      labels: torch.Tensor | None, plan: TrainingPlan) -> torch.Tensor:
+    import torch.nn.functional as F
+
+    if plan.task == "embedding":
+        return F.mse_loss(student_out, teacher_out)
+    soft = F.kl_div(F.log_softmax(student_out / plan.temperature, dim=-1),
+                    F.softmax(teacher_out / plan.temperature, dim=-1),
+                    reduction="batchmean") * plan.temperature ** 2
+    if labels is None or plan.alpha >= 1.0:
+        return soft
+    return plan.alpha * soft + (1 - plan.alpha) * F.cross_entropy(student_out, labels)
+
+
+def fine_tune(student: torch.nn.Module, teacher: torch.nn.Module, train: Arrays,
+              plan: TrainingPlan, masks: dict[str, torch.Tensor] | None = None) -> float:
+    """Train `student` towards `teacher` (and labels); return the last epoch's mean loss."""
+    import torch
+
+    torch.manual_seed(0)
+    inputs = torch_inputs(train, plan.inputs)
+    labels = torch.from_numpy(train[LABELS]) if LABELS in train else None
+    with torch.no_grad():
+        targets = _batched(teacher.eval(), inputs)
+    optimizer = torch.optim.Adam([p for p in student.parameters() if p.requires_grad],
+                                 lr=plan.learning_rate)
+    parameters = dict(student.named_parameters())
+    last_loss = 0.0
+    for _ in range(plan.epochs):
+        student.train()
+        order = torch.randperm(len(targets))
+        losses = []
+        for batch in order.split(BATCH_SIZE):
+            optimizer.zero_grad()
+            out = student(*(tensor[batch] for tensor in inputs))
+            loss = distillation_loss(out, targets[batch],
+                                     None if labels is None else labels[batch], plan)
+            loss.backward()
+            optimizer.step()
+            if masks:
+                with torch.no_grad():
+                    for name, mask in masks.items():
+                        parameters[name].mul_(mask)
+            losses.append(float(loss))
+        last_loss = sum(losses) / len(losses)
+    student.eval()
+    return last_loss
+
+
+def _batched(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    import torch
+
+    outputs = [module(*(t[i:i + 256] for t in inputs)) for i in range(0, len(inputs[0]), 256)]
+    return torch.cat(outputs)

@@ -1,0 +1,331 @@
+"""The CompressionJob resource: the single source of truth for the CRD, CLI and pipeline.
+
+Field names are snake_case in Python and camelCase on the wire (YAML, JSON, Kubernetes).
+Unknown fields are errors everywhere, so a typo never silently does nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AliasGenerator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+API_GROUP = "modelpress.io"
+API_VERSION = "v1alpha1"
+KIND = "CompressionJob"
+
+URI_SCHEMES = ("s3", "http", "https", "file", "builtin", "hf", "python")
+MODEL_URI_SCHEMES = ("s3", "http", "https", "file", "builtin", "hf")
+_URI_PATTERN = r"^(s3|https?|file|builtin|hf)://.+"
+
+
+class Model(BaseModel):
+    """Base: camelCase aliases, unknown fields forbidden, populate by either name."""
+
+    model_config = ConfigDict(
+        alias_generator=AliasGenerator(alias=to_camel),
+        populate_by_name=True,
+        extra="forbid",
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The camelCase JSON form, without unset optional fields."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+Uri = Annotated[str, Field(pattern=_URI_PATTERN, max_length=2048)]
+
+
+class ModelSource(Model):
+    uri: Uri = Field(description="Where the trained model comes from.")
+    format: Literal["torch", "onnx"] | None = Field(
+        default=None, description="torch | onnx; default: from the uri's file extension."
+    )
+    task: Literal["classification", "embedding"] = "classification"
+    architecture: str | None = Field(
+        default=None,
+        pattern=r"^(builtin://[a-z0-9-]+|python://[A-Za-z_][\w.]*:[A-Za-z_]\w*)$",
+        description="For a state_dict: builtin://NAME or python://module:factory.",
+    )
+
+
+class DataSources(Model):
+    eval: Uri = Field(description="Held-out data the metric is measured on.")
+    calibration: Uri | None = Field(default=None, description="For static quantization.")
+    train: Uri | None = Field(default=None, description="For fine-tuning and distillation.")
+
+
+class PruneSchedule(Model):
+    iterations: int = Field(default=1, ge=1, le=100)
+    fine_tune_epochs: int = Field(default=0, ge=0, le=1000)
+
+
+class PruneStep(Model):
+    method: Literal["magnitude"] = "magnitude"
+    structured: Literal[False] = Field(
+        default=False, description="Structured (channel) pruning is not available yet."
+    )
+    sparsity: float = Field(default=0.5, ge=0.0, lt=1.0)
+    scope: Literal["global", "layer"] = "global"
+    schedule: PruneSchedule = Field(default_factory=PruneSchedule)
+
+
+class DistillStep(Model):
+    temperature: float = Field(default=4.0, gt=0.0, le=100.0)
+    alpha: float = Field(default=0.7, ge=0.0, le=1.0)
+    epochs: int = Field(default=3, ge=0, le=1000)
+    learning_rate: float = Field(default=1e-3, gt=0.0, le=1.0)
+
+
+class QuantizeStep(Model):
+    mode: Literal["dynamic", "static", "fp16"] = "dynamic"
+    weight_type: Literal["int8", "uint8"] = "int8"
+    per_channel: bool = True
+
+
+class Step(Model):
+    """One compression step: exactly one of its keys is set, e.g. `{prune: {...}}`."""
+
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1, "maxProperties": 1})
+
+    prune: PruneStep | None = None
+    distill: DistillStep | None = None
+    quantize: QuantizeStep | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Step:
+        chosen = [name for name in type(self).model_fields if getattr(self, name) is not None]
+        if len(chosen) != 1:
+            raise ValueError(
+                "each step needs exactly one of prune, distill, quantize; "
+                f"got {chosen or 'none'}"
+            )
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(name for name in type(self).model_fields if getattr(self, name) is not None)
+
+    @property
+    def options(self) -> Model:
+        return getattr(self, self.kind)
+
+
+_SEARCH_PARAMETER = r"^steps\[\d+\]\.(prune|distill|quantize)\.[a-zA-Z]+$"
+
+
+class Search(Model):
+    parameter: str = Field(pattern=_SEARCH_PARAMETER, description="e.g. steps[0].prune.sparsity")
+    values: list[float | int | str | bool] = Field(min_length=1, max_length=32)
+    max_accuracy_drop: float = Field(default=0.01, ge=0.0, le=1.0)
+    objective: Literal["size", "latency"] = "size"
+
+
+class Toleration(Model):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class Accelerator(Model):
+    type: str = Field(default="nvidia.com/gpu", min_length=1)
+    count: int = Field(default=1, ge=1, le=16)
+
+
+class Pool(Model):
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+    device: Literal["cpu", "cuda"] = "cpu"
+    threads: int = Field(default=1, ge=1, le=256, description="Intra-op threads, both models.")
+    accelerator: Accelerator | None = None
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+
+
+def _default_pools() -> list[Pool]:
+    return [Pool(name="cpu", device="cpu")]
+
+
+class Benchmark(Model):
+    batch_sizes: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        default_factory=lambda: [1, 32], min_length=1, max_length=16
+    )
+    iterations: int = Field(default=50, ge=5, le=100000)
+    warmup: int = Field(default=5, ge=0, le=10000)
+    pools: list[Pool] = Field(default_factory=_default_pools, min_length=1, max_length=16)
+
+    @field_validator("pools")
+    @classmethod
+    def _unique_pool_names(cls, pools: list[Pool]) -> list[Pool]:
+        names = [pool.name for pool in pools]
+        if len(set(names)) != len(names):
+            raise ValueError(f"pool names must be unique, got {names}")
+        return pools
+
+
+class Gates(Model):
+    min_compression_ratio: float | None = Field(default=None, ge=0.0)
+    max_accuracy_drop: float | None = Field(default=None, ge=0.0, le=1.0)
+    min_speedup: dict[str, float] = Field(default_factory=dict)
+
+
+class Promotion(Model):
+    gates: Gates = Field(default_factory=Gates)
+    condition: str | None = Field(default=None, max_length=4096)
+    target: Uri | None = None
+
+
+class CompressionSpec(Model):
+    model: ModelSource
+    image: str = ""
+    data: DataSources
+    steps: list[Step] = Field(min_length=1, max_length=16)
+    search: Search | None = None
+    benchmark: Benchmark = Field(default_factory=Benchmark)
+    promotion: Promotion = Field(default_factory=Promotion)
+    output: Uri | None = None
+
+    @model_validator(mode="after")
+    def _steps_fit_together(self) -> CompressionSpec:
+        kinds = [step.kind for step in self.steps]
+        for index, kind in enumerate(kinds):
+            if kind == "quantize" and index != len(kinds) - 1:
+                raise ValueError(f"steps[{index}]: quantize must be the last step (later steps "
+                                 "need a torch model)")
+            options = self.steps[index].options
+            if isinstance(options, QuantizeStep) and options.mode == "static" \
+                    and self.data.calibration is None:
+                raise ValueError(f"steps[{index}]: static quantization needs data.calibration")
+            trains = kind == "distill" or (
+                isinstance(options, PruneStep) and options.schedule.fine_tune_epochs > 0)
+            if trains and self.data.train is None:
+                raise ValueError(f"steps[{index}]: {kind} trains, so it needs data.train")
+        return self
+
+    @model_validator(mode="after")
+    def _search_points_at_a_step(self) -> CompressionSpec:
+        if self.search is None:
+            return self
+        match = re.match(r"^steps\[(\d+)\]\.(\w+)\.(\w+)$", self.search.parameter)
+        assert match  # guaranteed by the field pattern
+        index, kind, field = int(match[1]), match[2], match[3]
+        if index >= len(self.steps) or self.steps[index].kind != kind:
+            raise ValueError(f"search.parameter {self.search.parameter!r} names no such step")
+        options = type(self.steps[index].options)
+        known = {info.alias or name for name, info in options.model_fields.items()}
+        if field not in known:
+            raise ValueError(f"search.parameter: {kind} has no field {field!r}")
+        return self
+
+
+class ObjectMeta(Model):
+    """The subset of Kubernetes metadata a job file carries; the rest is the server's."""
+
+    model_config = ConfigDict(extra="allow", alias_generator=None)
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+    namespace: str = Field(default="default", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------- status
+
+
+class MetricValue(Model):
+    name: str
+    value: float
+
+
+class Latency(Model):
+    p50: float
+    p95: float
+
+
+class ModelFigures(Model):
+    size_bytes: int
+    parameters: int
+    nonzero_parameters: int | None = None
+    metric: MetricValue
+    extra_metrics: dict[str, float] = Field(default_factory=dict)
+    latency_ms: dict[str, Latency] = Field(
+        default_factory=dict, description="Per pool at the largest batch size."
+    )
+
+
+class PoolBenchmark(Model):
+    """One pool's measurement of both models at each batch size, same runtime and threads."""
+
+    pool: str
+    device: str
+    available: bool
+    reason: str | None = None
+    threads: int | None = None
+    provider: str | None = None
+    batches: dict[str, dict[str, Latency]] = Field(
+        default_factory=dict, description="batch size -> {baseline, compressed}"
+    )
+    speedup: dict[str, float] = Field(default_factory=dict, description="batch size -> speedup")
+
+
+class Results(Model):
+    baseline: ModelFigures
+    compressed: ModelFigures
+    compression_ratio: float
+    accuracy_drop: float
+    speedup: dict[str, float] = Field(default_factory=dict)
+    benchmarks: list[PoolBenchmark] = Field(default_factory=list)
+
+
+class StepStatus(Model):
+    name: str
+    phase: Literal["Pending", "Running", "Succeeded", "Failed", "Skipped"]
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_seconds: float | None = None
+    message: str | None = None
+
+
+class PromotionStatus(Model):
+    decision: Literal["Promoted", "Rejected", "Pending"]
+    reasons: list[str] = Field(default_factory=list)
+    promoted_uri: str | None = None
+
+
+class Condition(Model):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: datetime
+
+
+class CompressionStatus(Model):
+    phase: Literal["Pending", "Running", "Succeeded", "Failed"] = "Pending"
+    observed_generation: int | None = None
+    backend: Literal["kfp", "local"] | None = None
+    run_id: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    steps: list[StepStatus] = Field(default_factory=list)
+    results: Results | None = None
+    promotion: PromotionStatus | None = None
+    artifacts: dict[str, str] = Field(default_factory=dict)
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+class CompressionJob(Model):
+    api_version: Literal["modelpress.io/v1alpha1"]
+    kind: Literal["CompressionJob"]
+    metadata: ObjectMeta
+    spec: CompressionSpec
+    status: CompressionStatus | None = None

@@ -1,0 +1,29 @@
+"""Errors a user can cause or act on; the CLI and the operator map them in one place each."""
+
+from __future__ import annotations
+
+
+class ModelpressError(Exception):
+    """Base for errors with a message meant for a user."""
+
+
+class InvalidInput(ModelpressError):
+    """Bad input: a spec field, a file or a uri the user gave. CLI exit code 2."""
+
+    def __init__(self, where: str, problem: str) -> None:
+        self.where = where
+        self.problem = problem
+        super().__init__(f"{where}: {problem}")
+
+
+class StepFailed(ModelpressError):
+    """A pipeline step failed while running. CLI exit code 1."""
+
+    def __init__(self, step: str, problem: str) -> None:
+        self.step = step
+        self.problem = problem
+        super().__init__(f"step {step} failed: {problem}")
+
+
+class StoreError(ModelpressError):
+    """The artifact store refused or lost something; the message names the uri."""

@@ -1,0 +1,72 @@
+"""Read a job file into a CompressionJob, with one-line errors that name the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from modelpress.api import API_GROUP, API_VERSION, KIND, CompressionJob
+from modelpress.errors import InvalidInput
+
+
+def field_path(location: tuple[int | str, ...]) -> str:
+    """('spec', 'steps', 0, 'prune', 'sparsity') -> 'spec.steps[0].prune.sparsity'."""
+    text = ""
+    for part in location:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif not text:
+            text = part
+        else:
+            text += f".{part}"
+    return text
+
+
+def _meaningful(location: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    # Pydantic adds union-branch and validator tags such as 'literal[...]'; drop them.
+    return tuple(p for p in location if not (isinstance(p, str) and ("[" in p or "-" in p)))
+
+
+def describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = field_path(_meaningful(first["loc"])) or "the job"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown field"
+    extra = len(error.errors()) - 1
+    return f"{where}: {message}" + (f" (and {extra} more problem(s))" if extra else "")
+
+
+def parse_job(document: Any, source: str) -> CompressionJob:
+    if not isinstance(document, dict):
+        raise InvalidInput(source, "a job file must hold one YAML mapping (a CompressionJob)")
+    expected = f"{API_GROUP}/{API_VERSION}"
+    if document.get("apiVersion") != expected or document.get("kind") != KIND:
+        raise InvalidInput(f"{source}: apiVersion/kind",
+                           f"expected apiVersion {expected} and kind {KIND}, got "
+                           f"{document.get('apiVersion')!r} / {document.get('kind')!r}")
+    try:
+        return CompressionJob.model_validate(document)
+    except ValidationError as error:
+        raise InvalidInput(source, describe(error)) from None
+
+
+def load_job(path: Path) -> CompressionJob:
+    """The job in `path`; InvalidInput names the file and the field when it is not valid."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise InvalidInput(str(path), f"cannot read the job file ({error.__class__.__name__})")\
+            from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f"line {mark.line + 1}: " if mark is not None else ""
+        raise InvalidInput(str(path), f"{line}YAML syntax error "
+                                      f"({getattr(error, 'problem', None) or 'unparseable'})")\
+            from None
+    return parse_job(document, str(path))

@@ -1,0 +1,24 @@
+"""Process-wide settings from MODELPRESS_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MODELPRESS_", extra="ignore")
+
+    cache_dir: Path = Field(default=Path.home() / ".cache" / "modelpress")
+    s3_endpoint: str | None = None
+    s3_region: str = "us-east-1"
+    s3_create_buckets: bool = True
+    allowed_file_roots: list[Path] = Field(
+        default_factory=list, description="When set, file:// uris must lie under one of these."
+    )
+
+
+def get_settings() -> Settings:
+    return Settings()

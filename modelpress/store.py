@@ -1,0 +1,102 @@
+"""The artifact store: a local folder (the embedded default) or an S3 / MinIO bucket.
+
+Every write goes to a temporary name first and is then published under its final key,
+so a crash never leaves an object that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import unquote, urlparse
+
+from modelpress.errors import StoreError
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    uri: str
+    sha256: str
+    size_bytes: int
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Store(Protocol):
+    """Where a job's artifacts live. Keys are '/'-separated and relative to the store root."""
+
+    root_uri: str
+
+    def put_file(self, local: Path, key: str) -> StoredObject: ...
+
+    def get_file(self, key: str, local: Path) -> Path: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def uri(self, key: str) -> str: ...
+
+
+class LocalStore:
+    """A folder on this machine."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.root_uri = self.root.as_uri()
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root not in path.parents and path != self.root:
+            raise StoreError(f"key {key!r} escapes the store root {self.root}")
+        return path
+
+    def put_file(self, local: Path, key: str) -> StoredObject:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        os.close(handle)
+        try:
+            shutil.copyfile(local, temporary)
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        return StoredObject(self.uri(key), sha256_of(target), target.stat().st_size)
+
+    def get_file(self, key: str, local: Path) -> Path:
+        source = self._path(key)
+        if not source.is_file():
+            raise StoreError(f"{self.uri(key)} does not exist")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, local)
+        return local
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def uri(self, key: str) -> str:
+        return self._path(key).as_uri()
+
+
+def open_store(location: str | Path) -> Store:
+    """A store for `file://…`, a plain path, or `s3://bucket/prefix`."""
+    text = str(location)
+    if text.startswith("s3://"):
+        from modelpress.s3store import S3Store
+
+        return S3Store.from_uri(text)
+    if text.startswith("file://"):
+        return LocalStore(Path(unquote(urlparse(text).path)))
+    if "://" in text:
+        raise StoreError(f"{text}: an output must be a folder, file:// or s3:// uri")
+    return LocalStore(Path(text))

@@ -1,0 +1,71 @@
+"""Wire the steps of a job into a KFP pipeline: fetch, the spec's steps in order, validate,
+one benchmark task per pool (on that pool's nodes), report."""
+
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from modelpress.api import CompressionJob, Pool
+
+PIPELINE_PREFIX = "modelpress-"
+
+
+def _place_on_pool(task: Any, pool: Pool) -> None:
+    """Node selector, tolerations and accelerator request of a benchmark pool."""
+    from kfp import kubernetes
+
+    for key, value in pool.node_selector.items():
+        kubernetes.add_node_selector(task, label_key=key, label_value=value)
+    for toleration in pool.tolerations:
+        kubernetes.add_toleration(task, key=toleration.key, operator=toleration.operator or "Equal",
+                                  value=toleration.value, effect=toleration.effect)
+    if pool.accelerator is not None:
+        task.set_accelerator_type(pool.accelerator.type)
+        task.set_accelerator_limit(pool.accelerator.count)
+
+
+def pipeline_name(job: CompressionJob) -> str:
+    return PIPELINE_PREFIX + re.sub(r"[^a-z0-9-]", "-", job.metadata.name)
+
+
+def build_pipeline(job: CompressionJob, output: str) -> Callable[..., Any]:
+    """A KFP pipeline function for `job` that publishes its results to `output`."""
+    from kfp import dsl
+
+    from modelpress.components.ops import make_ops
+
+    ops = make_ops(job.spec.image)
+    spec_json = job.spec.model_dump_json(by_alias=True, exclude_none=True)
+
+    @dsl.pipeline(name=pipeline_name(job), description=f"modelpress job {job.metadata.name}")
+    def compression_pipeline(job_spec: str = spec_json, output_uri: str = output) -> None:
+        fetched = ops["fetch_op"](job=job_spec).set_display_name("fetch")
+        original, data = fetched.outputs["original"], fetched.outputs["data"]
+        model, ledger = original, fetched.outputs["ledger"]
+        for index, step in enumerate(job.spec.steps):
+            task = ops["compress_op"](job=job_spec, index=index, original=original, data=data,
+                                      model_in=model, ledger_in=ledger)
+            task.set_display_name(f"{index}-{step.kind}")
+            model, ledger = task.outputs["model_out"], task.outputs["ledger"]
+        validated = ops["validate_op"](job=job_spec, original=original, data=data,
+                                       model_in=model, ledger_in=ledger)
+        validated.set_display_name("validate")
+        compressed, ledger = validated.outputs["compressed"], validated.outputs["ledger"]
+        for pool in job.spec.benchmark.pools:
+            measured = ops["benchmark_op"](job=job_spec, pool=pool.name, original=original,
+                                           data=data, compressed=compressed, ledger_in=ledger)
+            measured.set_display_name(f"benchmark-{pool.name}")
+            _place_on_pool(measured, pool)
+            ledger = measured.outputs["ledger"]
+        ops["report_op"](job=job_spec, job_name=job.metadata.name, output=output_uri,
+                         compressed=compressed, ledger_in=ledger).set_display_name("report")
+
+    return compression_pipeline
+
+
+def compile_pipeline(job: CompressionJob, output: str, package_path: str) -> None:
+    """Write the pipeline's IR YAML, ready for a Kubeflow Pipelines server."""
+    from kfp import compiler
+
+    compiler.Compiler().compile(build_pipeline(job, output), package_path=package_path)

@@ -1,0 +1,58 @@
+"""Run a job's pipeline on this machine with kfp.local (each step in its own process)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from pathlib import Path
+
+from modelpress.api import CompressionJob
+from modelpress.components.ops_runtime import EVENTS_ENV
+from modelpress.errors import StepFailed
+from modelpress.pipelines.build import build_pipeline
+
+
+def run_local(job: CompressionJob, output: str, workdir: Path, events: Path) -> str:
+    """Run the whole pipeline; returns the kfp.local log. Raises StepFailed on failure."""
+    from kfp import local
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    local.init(runner=local.SubprocessRunner(use_venv=False),
+               pipeline_root=str(workdir / "pipeline_root"), raise_on_error=True)
+    pipeline = build_pipeline(job, output)
+    log = io.StringIO()
+    previous = os.environ.get(EVENTS_ENV)
+    os.environ[EVENTS_ENV] = str(events)
+    try:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            pipeline()
+    except RuntimeError as error:
+        raise StepFailed(_failed_step(events) or "pipeline", _last_error(events) or str(error))\
+            from None
+    finally:
+        if previous is None:
+            os.environ.pop(EVENTS_ENV, None)
+        else:
+            os.environ[EVENTS_ENV] = previous
+    return log.getvalue()
+
+
+def _events(events: Path) -> list[dict[str, object]]:
+    import json
+
+    if not events.is_file():
+        return []
+    return [json.loads(line) for line in events.read_text().splitlines() if line.strip()]
+
+
+def _failed_step(events: Path) -> str | None:
+    started = [e["step"] for e in _events(events) if e["event"] == "started"]
+    finished = {e["step"] for e in _events(events) if e["event"] == "finished"}
+    unfinished = [step for step in started if step not in finished]
+    return str(unfinished[-1]) if unfinished else None
+
+
+def _last_error(events: Path) -> str | None:
+    failures = [e for e in _events(events) if e["event"] == "failed"]
+    return str(failures[-1]["message"]) if failures else None
