@@ -103,7 +103,8 @@ def pretrained_state(name: str) -> dict[str, Any]:
         from safetensors.torch import load_file
 
         weights = load_file(str(_minilm_dir() / "model.safetensors"))
-        return {f"encoder.{key}": value for key, value in weights.items()}
+        return {f"encoder.{key}": value for key, value in weights.items()
+                if not key.startswith("pooler.") and not key.endswith("position_ids")}
     raise InvalidInput("spec.model.uri", f"unknown builtin model {name!r}; known: {BUILTIN_MODELS}")
 
 

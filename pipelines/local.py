@@ -28,8 +28,8 @@ def run_local(job: CompressionJob, output: str, workdir: Path, events: Path) -> 
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             pipeline()
     except RuntimeError as error:
-        raise StepFailed(_failed_step(events) or "pipeline", _last_error(events) or str(error))\
-            from None
+        problem = _last_error(events) or _last_exception(log.getvalue()) or str(error)
+        raise StepFailed(_failed_step(events) or "pipeline", problem) from None
     finally:
         if previous is None:
             os.environ.pop(EVENTS_ENV, None)
@@ -51,6 +51,15 @@ def _failed_step(events: Path) -> str | None:
     finished = {e["step"] for e in _events(events) if e["event"] == "finished"}
     unfinished = [step for step in started if step not in finished]
     return str(unfinished[-1]) if unfinished else None
+
+
+def _last_exception(log: str) -> str | None:
+    """The last `SomeError: message` line a step printed (an unexpected failure)."""
+    import re
+
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", log)
+    found = re.findall(r"^(?:[\w.]+(?:Error|Exception)): .+$", plain, flags=re.MULTILINE)
+    return found[-1] if found else None
 
 
 def _last_error(events: Path) -> str | None:
