@@ -190,6 +190,8 @@ def _reason(error: BaseException) -> str:
         seen = seen.__cause__ or seen.__context__
     if isinstance(error, S3Error):
         return error.code or type(error).__name__
+    if isinstance(error, ServerError):
+        return f"HTTP {error.status_code}"
     return type(error).__name__
 
 
@@ -290,7 +292,7 @@ class S3Store:
     # --- beyond the protocol ------------------------------------------------------------
 
     def presigned_get(self, key: str, expires_seconds: int = 3600) -> str:
-        """A plain https(s) url that fetches `key` without credentials until it expires.
+        """A plain http(s) url that fetches `key` without credentials until it expires.
 
         Computed locally: it does not check that the object exists.
         """

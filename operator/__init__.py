@@ -1,0 +1,1 @@
+"""The Kubernetes operator: kopf handlers, a pure reconciler, run backends, metrics."""
