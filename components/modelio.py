@@ -86,6 +86,19 @@ def save_torch(module: torch.nn.Module, folder: Path, manifest: Manifest) -> Non
     write_manifest(folder, manifest)
 
 
+def save_traced(module: torch.nn.Module, example: tuple[torch.Tensor, ...], folder: Path,
+                manifest: Manifest) -> Manifest:
+    """Save a module whose shapes no longer match its architecture (pruned, decomposed) as
+    TorchScript, which carries its own structure and stays trainable."""
+    import torch
+
+    with torch.no_grad():
+        traced = torch.jit.trace(module.eval(), example, check_trace=False, strict=False)
+    traced_manifest = replace(manifest.with_format("torchscript"), architecture=None)
+    save_torch(traced, folder, traced_manifest)
+    return traced_manifest
+
+
 def torch_inputs(arrays: dict[str, np.ndarray], names: list[str]) -> tuple[torch.Tensor, ...]:
     import torch
 

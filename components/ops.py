@@ -55,8 +55,8 @@ def benchmark_op(job: str, pool: str, original: Input[Model], data: Input[Artifa
                   Path(ledger_in.path), Path(ledger.path))
 
 
-def report_op(job: str, job_name: str, output: str, compressed: Input[Model], ledger_in: Input[Artifact],
-              results: Output[Artifact]) -> None:
+def report_op(job: str, job_name: str, output: str, compressed: Input[Model],
+              ledger_in: Input[Artifact], results: Output[Artifact]) -> None:
     from pathlib import Path
 
     from modelpress.components.ops_runtime import run_report
@@ -67,5 +67,7 @@ def report_op(job: str, job_name: str, output: str, compressed: Input[Model], le
 def make_ops(image: str) -> dict[str, Any]:
     """The components with `image` as their base image (the job's `image`, or ours)."""
     functions = (fetch_op, compress_op, validate_op, benchmark_op, report_op)
-    return {fn.__name__: dsl.component(fn, base_image=image or DEFAULT_STEP_IMAGE)
+    # The step image ships modelpress and kfp, so no step pip-installs anything at start.
+    return {fn.__name__: dsl.component(fn, base_image=image or DEFAULT_STEP_IMAGE,
+                                       install_kfp_package=False)
             for fn in functions}

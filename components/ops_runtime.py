@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from modelpress.api import CompressionSpec, DistillStep, PruneStep, QuantizeStep
+from modelpress.api import CompressionSpec, DecomposeStep, DistillStep, PruneStep, QuantizeStep
 from modelpress.components.data import Arrays, load_arrays
 from modelpress.components.result import StepResult, append_ledger, read_ledger
 from modelpress.errors import ModelpressError
@@ -72,13 +72,18 @@ def run_compress(job: str, index: int, original: Path, data: Path, model_in: Pat
         if isinstance(options, PruneStep):
             from modelpress.components.prune import prune
 
-            return prune(model_in, original, options, _dataset(data, "train"), model_out)
+            return prune(model_in, original, options, _eval(data), _dataset(data, "train"),
+                         model_out)
         if isinstance(options, DistillStep):
             from modelpress.components.distill import distill
 
             train = _dataset(data, "train")
             assert train is not None, "the spec guarantees data.train for distill"
             return distill(model_in, original, options, train, model_out)
+        if isinstance(options, DecomposeStep):
+            from modelpress.components.decompose import decompose
+
+            return decompose(model_in, options, _eval(data), model_out)
         assert isinstance(options, QuantizeStep)
         from modelpress.components.quantize import quantize
 

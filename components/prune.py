@@ -6,8 +6,9 @@ by itself, so the step reports nonzero counts, never a speedup.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from modelpress.api import PruneStep
 from modelpress.components.data import Arrays
@@ -63,25 +64,69 @@ def apply_masks(module: torch.nn.Module, masks: dict[str, torch.Tensor]) -> None
             parameters[name].mul_(mask)
 
 
-def prune(model_in: Path, original: Path, options: PruneStep, train: Arrays | None,
-          model_out: Path) -> StepResult:
+def step_ratios(cumulative: list[float]) -> list[float]:
+    """Per-iteration ratios of what is left, so the iterations compose to the cumulative ones."""
+    ratios, kept = [], 1.0
+    for target in cumulative:
+        ratios.append(1 - (1 - target) / kept if kept > 0 else 0.0)
+        kept = 1 - target
+    return ratios
+
+
+def _prune_unstructured(student: torch.nn.Module, options: PruneStep,
+                        fine: Callable[[dict[str, torch.Tensor] | None], None]) -> None:
+    weights = prunable_weights(student)
+    for sparsity in schedule_sparsities(options.sparsity, options.schedule.iterations):
+        masks = magnitude_masks(weights, sparsity, options.scope)
+        apply_masks(student, masks)
+        fine(masks)
+
+
+def _prune_structured(student: torch.nn.Module, options: PruneStep, example: tuple,
+                      fine: Callable[[dict[str, torch.Tensor] | None], None]) -> dict[str, Any]:
+    from modelpress.components.prune_structured import prune_structured
+
+    figures: dict[str, Any] = {}
+    cumulative = schedule_sparsities(options.sparsity, options.schedule.iterations)
+    for ratio in step_ratios(cumulative):
+        figures = prune_structured(student, example, ratio, options.scope)
+        fine(None)
+    return figures
+
+
+def _counts(module: torch.nn.Module) -> tuple[int, int]:
+    parameters = list(module.parameters())
+    return sum(int(p.numel()) for p in parameters), sum(int(p.count_nonzero()) for p in parameters)
+
+
+def prune(model_in: Path, original: Path, options: PruneStep, sample: Arrays,
+          train: Arrays | None, model_out: Path) -> StepResult:
     """Prune the working model in `model_in`, fine-tuning against `original` between steps."""
+    from modelpress.components.modelio import save_traced, torch_inputs
+
     with timed("prune") as result:
         manifest = read_manifest(model_in)
         student = load_torch(model_in)
-        weights = prunable_weights(student)
-        teacher = load_torch(original) if train is not None else None
+        before, _ = _counts(student)
         plan = TrainingPlan(task=manifest.task, inputs=manifest.inputs,
                             epochs=options.schedule.fine_tune_epochs, alpha=0.5)
-        for sparsity in schedule_sparsities(options.sparsity, options.schedule.iterations):
-            masks = magnitude_masks(weights, sparsity, options.scope)
-            apply_masks(student, masks)
-            if teacher is not None and plan.epochs > 0:
-                fine_tune(student, teacher, train, plan, masks)  # type: ignore[arg-type]
-        save_torch(student, model_out, manifest)
-        total = sum(int(w.numel()) for w in weights.values())
-        nonzero = sum(int(w.count_nonzero()) for w in weights.values())
-        result.figures = {"prunableParameters": total, "nonzeroParameters": nonzero,
-                          "sparsity": round(1 - nonzero / total, 4)}
-        result.message = f"{1 - nonzero / total:.1%} of {total} prunable weights are zero"
+        teacher = load_torch(original) if train is not None and plan.epochs > 0 else None
+
+        def fine(masks: dict[str, torch.Tensor] | None) -> None:
+            if teacher is not None and train is not None:
+                fine_tune(student, teacher, train, plan, masks)
+
+        if options.structured:
+            example = torch_inputs({k: v[:2] for k, v in sample.items()}, manifest.inputs)
+            result.figures = _prune_structured(student, options, example, fine)
+            manifest = save_traced(student, example, model_out, manifest)
+        else:
+            _prune_unstructured(student, options, fine)
+            save_torch(student, model_out, manifest)
+        after, nonzero = _counts(student)
+        result.figures |= {"parametersBefore": before, "parameters": after,
+                           "nonzeroParameters": nonzero,
+                           "parameterReduction": round(1 - nonzero / before, 4)}
+        result.message = (f"{'structured' if options.structured else 'unstructured'}: "
+                          f"{after:,} parameters ({nonzero:,} nonzero) of {before:,}")
     return result

@@ -72,8 +72,9 @@ class PruneSchedule(Model):
 
 class PruneStep(Model):
     method: Literal["magnitude"] = "magnitude"
-    structured: Literal[False] = Field(
-        default=False, description="Structured (channel) pruning is not available yet."
+    structured: bool = Field(
+        default=False,
+        description="Remove whole channels / FFN neurons (smaller and faster), not single weights.",
     )
     sparsity: float = Field(default=0.5, ge=0.0, lt=1.0)
     scope: Literal["global", "layer"] = "global"
@@ -85,6 +86,13 @@ class DistillStep(Model):
     alpha: float = Field(default=0.7, ge=0.0, le=1.0)
     epochs: int = Field(default=3, ge=0, le=1000)
     learning_rate: float = Field(default=1e-3, gt=0.0, le=1.0)
+
+
+class DecomposeStep(Model):
+    energy: float = Field(default=0.9, gt=0.0, le=1.0,
+                          description="Kept fraction of the squared singular values.")
+    rank_ratio: float | None = Field(default=None, gt=0.0, le=1.0,
+                                     description="Kept fraction of the rank; overrides energy.")
 
 
 class QuantizeStep(Model):
@@ -100,6 +108,7 @@ class Step(Model):
 
     prune: PruneStep | None = None
     distill: DistillStep | None = None
+    decompose: DecomposeStep | None = None
     quantize: QuantizeStep | None = None
 
     @model_validator(mode="after")
@@ -107,7 +116,7 @@ class Step(Model):
         chosen = [name for name in type(self).model_fields if getattr(self, name) is not None]
         if len(chosen) != 1:
             raise ValueError(
-                "each step needs exactly one of prune, distill, quantize; "
+                "each step needs exactly one of prune, distill, decompose, quantize; "
                 f"got {chosen or 'none'}"
             )
         return self
@@ -121,7 +130,7 @@ class Step(Model):
         return getattr(self, self.kind)
 
 
-_SEARCH_PARAMETER = r"^steps\[\d+\]\.(prune|distill|quantize)\.[a-zA-Z]+$"
+_SEARCH_PARAMETER = r"^steps\[\d+\]\.(prune|distill|decompose|quantize)\.[a-zA-Z]+$"
 
 
 class Search(Model):
@@ -206,6 +215,12 @@ class CompressionSpec(Model):
             if isinstance(options, QuantizeStep) and options.mode == "static" \
                     and self.data.calibration is None:
                 raise ValueError(f"steps[{index}]: static quantization needs data.calibration")
+            reshaped_before = any(k == "decompose" or (k == "prune" and self.steps[i].options
+                                                        .structured)  # type: ignore[attr-defined]
+                                  for i, k in enumerate(kinds[:index]))
+            if kind == "decompose" and reshaped_before:
+                raise ValueError(f"steps[{index}]: decompose must come before any structured "
+                                 "prune or other decompose step")
             trains = kind == "distill" or (
                 isinstance(options, PruneStep) and options.schedule.fine_tune_epochs > 0)
             if trains and self.data.train is None:
