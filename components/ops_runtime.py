@@ -15,6 +15,7 @@ from pathlib import Path
 
 from modelpress.api import CompressionSpec, DecomposeStep, DistillStep, PruneStep, QuantizeStep
 from modelpress.components.data import Arrays, load_arrays
+from modelpress.components.quantize import AutoTarget
 from modelpress.components.result import StepResult, append_ledger, read_ledger
 from modelpress.errors import ModelpressError
 
@@ -64,9 +65,26 @@ def run_fetch(job: str, original: Path, data: Path, ledger: Path) -> None:
     _recorded("fetch", lambda: fetch(_spec(job), original, data), None, ledger)
 
 
-def run_compress(job: str, index: int, original: Path, data: Path, model_in: Path,
-                 ledger_in: Path, model_out: Path, ledger: Path) -> None:
-    options = _spec(job).steps[index].options
+def _auto_target(spec: CompressionSpec, options: QuantizeStep, original: Path) -> AutoTarget:
+    """Auto quantization measures on the first CPU pool, at the largest batch size."""
+    from modelpress.components.fetch import BASELINE_ONNX
+
+    bar = options.max_accuracy_drop
+    if bar is None:
+        bar = spec.promotion.gates.max_accuracy_drop
+    cpu_pools = [pool for pool in spec.benchmark.pools if pool.device == "cpu"]
+    return AutoTarget(baseline_onnx=original / BASELINE_ONNX,
+                      max_accuracy_drop=0.01 if bar is None else bar,
+                      batch_size=max(spec.benchmark.batch_sizes),
+                      threads=cpu_pools[0].threads if cpu_pools else 1)
+
+
+def run_compress(job: str, index: int, candidate: int, original: Path, data: Path,
+                 model_in: Path, ledger_in: Path, model_out: Path, ledger: Path) -> None:
+    from modelpress.components.search import apply_candidate
+
+    spec = apply_candidate(_spec(job), candidate)
+    options = spec.steps[index].options
 
     def work() -> StepResult:
         if isinstance(options, PruneStep):
@@ -87,10 +105,13 @@ def run_compress(job: str, index: int, original: Path, data: Path, model_in: Pat
         assert isinstance(options, QuantizeStep)
         from modelpress.components.quantize import quantize
 
-        return quantize(model_in, options, _eval(data), _dataset(data, "calibration"),
-                        model_out)
+        calibration = _dataset(data, "calibration")
+        if calibration is None and options.mode == "auto":
+            calibration = _dataset(data, "train")
+        return quantize(model_in, options, _eval(data), calibration, model_out,
+                        _auto_target(spec, options, original))
 
-    _recorded(_spec(job).steps[index].kind, work, ledger_in, ledger)
+    _recorded(spec.steps[index].kind, work, ledger_in, ledger)
 
 
 def run_validate(job: str, original: Path, data: Path, model_in: Path, ledger_in: Path,
@@ -111,6 +132,19 @@ def run_benchmark(job: str, pool_name: str, original: Path, data: Path, compress
     _recorded(f"benchmark-{pool_name}",
               lambda: benchmark(original / BASELINE_ONNX, compressed / "model.onnx",
                                 _eval(data), pool, spec.benchmark), ledger_in, ledger)
+
+
+def run_select(job: str, original: Path, data: Path, models: list[Path], ledgers: list[Path],
+               compressed: Path, ledger: Path) -> None:
+    from modelpress.components.search import select
+
+    def work() -> StepResult:
+        carried, result = select(_spec(job), original, _eval(data), models, ledgers, compressed)
+        ledger.parent.mkdir(parents=True, exist_ok=True)
+        ledger.write_text(json.dumps(carried))  # the winner's own steps, then select's entry
+        return result
+
+    _recorded("select", work, ledger, ledger)
 
 
 def run_report(job_name: str, output: str, compressed: Path, ledger_in: Path,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from modelpress.api import QuantizeStep
@@ -85,19 +86,44 @@ _MODES: dict[str, Callable[[Path, Path, QuantizeStep, Arrays], None]] = {
 }
 
 
+@dataclass(frozen=True)
+class AutoTarget:
+    """What auto quantization measures candidates against."""
+
+    baseline_onnx: Path
+    max_accuracy_drop: float
+    batch_size: int
+    threads: int
+
+
 def quantize(model_in: Path, options: QuantizeStep, sample: Arrays,
-             calibration: Arrays | None, model_out: Path) -> StepResult:
+             calibration: Arrays | None, model_out: Path,
+             auto: AutoTarget | None = None) -> StepResult:
     """Write the quantized ONNX working model to `model_out`."""
     with timed("quantize") as result:
         manifest: Manifest = read_manifest(model_in).with_format("onnx")
         model_out.mkdir(parents=True, exist_ok=True)
+        target = model_out / manifest.file
         with tempfile.TemporaryDirectory() as scratch:
             fp32 = _fp32_onnx(model_in, sample, Path(scratch))
-            _MODES[options.mode](fp32, model_out / manifest.file, options,
-                                 calibration if calibration is not None else sample)
+            if options.mode == "auto":
+                assert auto is not None, "auto quantization needs a target to measure against"
+                result.figures["candidates"], result.message = _auto(
+                    fp32, Path(scratch), manifest.task, sample, calibration, auto, target)
+            else:
+                _MODES[options.mode](fp32, target, options,
+                                     calibration if calibration is not None else sample)
+                result.message = f"{options.mode} ({options.weight_type}" \
+                                 f"{', per-channel' if options.per_channel else ''})"
         write_manifest(model_out, manifest)
-        size = (model_out / manifest.file).stat().st_size
-        result.figures = {"mode": options.mode, "sizeBytes": size}
-        result.message = f"{options.mode} ({options.weight_type}"\
-                         f"{', per-channel' if options.per_channel else ''}): {size} bytes"
+        result.figures |= {"mode": options.mode, "sizeBytes": target.stat().st_size}
+        result.message += f": {target.stat().st_size:,} bytes"
     return result
+
+
+def _auto(fp32: Path, scratch: Path, task: str, evaluation: Arrays, calibration: Arrays | None,
+          auto: AutoTarget, target: Path) -> tuple[list[dict], str]:
+    from modelpress.components.quantize_auto import auto_quantize
+
+    return auto_quantize(fp32, scratch, task, auto.baseline_onnx, evaluation, calibration,
+                         auto.max_accuracy_drop, auto.batch_size, auto.threads, target)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from modelpress.api import (
+    Candidate,
     Latency,
     MetricValue,
     ModelFigures,
@@ -49,8 +50,12 @@ def build_results(ledger: list[dict[str, Any]]) -> Results:
     compressed = _figures(validation["compressed"], name, benchmarks, "compressed")
     speedup = {pool.pool: pool.speedup[max(pool.speedup, key=int)]
                for pool in benchmarks if pool.available and pool.speedup}
+    candidates = [Candidate(name=c["name"], accuracy_drop=c["accuracy_drop"],
+                            size_bytes=c["size_bytes"], latency_ms=c["latency_ms"],
+                            chosen=c["chosen"], reason=c["reason"])
+                  for entry in ledger for c in entry["figures"].get("candidates", [])]
     return Results(
-        baseline=baseline, compressed=compressed,
+        baseline=baseline, compressed=compressed, candidates=candidates,
         compression_ratio=round(baseline.size_bytes / compressed.size_bytes, 4),
         accuracy_drop=round(baseline.metric.value - compressed.metric.value, 6),
         speedup=speedup, benchmarks=benchmarks)
@@ -134,6 +139,15 @@ def render_html(job_name: str, results: Results, steps: list[StepStatus]) -> str
     step_rows = "".join(
         f"<tr><td>{s.name}</td><td>{s.duration_seconds:.2f} s</td>"
         f"<td>{html.escape(s.message or '')}</td></tr>" for s in steps)
+    candidates = "".join(
+        f"<tr><td>{'&#9733; ' if c.chosen else ''}{html.escape(c.name)}</td>"
+        f"<td>{'' if c.accuracy_drop is None else f'{c.accuracy_drop:.4f}'}</td>"
+        f"<td>{c.size_bytes or ''}</td>"
+        f"<td>{'' if c.latency_ms is None else f'{c.latency_ms:.3f}'}</td>"
+        f"<td>{html.escape(c.reason)}</td></tr>" for c in results.candidates)
+    candidate_table = (
+        "<h2>Candidates</h2><table><tr><th>candidate</th><th>accuracy drop</th><th>bytes</th>"
+        f"<th>p50 ms</th><th>verdict</th></tr>{candidates}</table>" if candidates else "")
     plots = "".join(f'<img alt="{alt}" src="data:image/png;base64,{data}">'
                     for alt, data in (("latency", _latency_plot(results)),
                                       ("size", _size_plot(results))) if data)
@@ -150,6 +164,7 @@ exported to fp32 ONNX.</p>
 <table><tr><th></th><th>baseline</th><th>compressed</th></tr>{rows}</table>
 <h2>Benchmarks</h2><table><tr><th>pool</th><th>ran</th><th>speedup (p50)</th></tr>{pools}</table>
 {plots}
+{candidate_table}
 <h2>Steps</h2><table><tr><th>step</th><th>compute</th><th>result</th></tr>{step_rows}</table>
 </body></html>"""
 

@@ -15,6 +15,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationError,
     field_validator,
     model_validator,
 )
@@ -96,9 +97,13 @@ class DecomposeStep(Model):
 
 
 class QuantizeStep(Model):
-    mode: Literal["dynamic", "static", "fp16"] = "dynamic"
+    mode: Literal["dynamic", "static", "fp16", "auto"] = "dynamic"
     weight_type: Literal["int8", "uint8"] = "int8"
     per_channel: bool = True
+    max_accuracy_drop: float | None = Field(
+        default=None, ge=0.0, le=1.0,
+        description="auto: the fidelity bar; default promotion.gates.maxAccuracyDrop, else 0.01.",
+    )
 
 
 class Step(Model):
@@ -240,6 +245,13 @@ class CompressionSpec(Model):
         known = {info.alias or name for name, info in options.model_fields.items()}
         if field not in known:
             raise ValueError(f"search.parameter: {kind} has no field {field!r}")
+        current = self.steps[index].options.to_wire()
+        for position, value in enumerate(self.search.values):
+            try:
+                options.model_validate({**current, field: value})
+            except ValidationError as error:
+                problem = error.errors()[0]["msg"]
+                raise ValueError(f"search.values[{position}]: {problem}") from None
         return self
 
 
@@ -292,6 +304,17 @@ class PoolBenchmark(Model):
     speedup: dict[str, float] = Field(default_factory=dict, description="batch size -> speedup")
 
 
+class Candidate(Model):
+    """One measured alternative (an auto-quantization recipe or a search value)."""
+
+    name: str
+    accuracy_drop: float | None = None
+    size_bytes: int | None = None
+    latency_ms: float | None = Field(default=None, description="p50 at the measured batch.")
+    chosen: bool = False
+    reason: str = ""
+
+
 class Results(Model):
     baseline: ModelFigures
     compressed: ModelFigures
@@ -299,6 +322,7 @@ class Results(Model):
     accuracy_drop: float
     speedup: dict[str, float] = Field(default_factory=dict)
     benchmarks: list[PoolBenchmark] = Field(default_factory=list)
+    candidates: list[Candidate] = Field(default_factory=list)
 
 
 class StepStatus(Model):

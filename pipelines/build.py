@@ -29,35 +29,56 @@ def pipeline_name(job: CompressionJob) -> str:
     return PIPELINE_PREFIX + re.sub(r"[^a-z0-9-]", "-", job.metadata.name)
 
 
+def _compress_and_measure(ops: dict[str, Any], job: CompressionJob, job_spec: Any,
+                          candidate: Any, fetched: Any) -> tuple[Any, Any]:
+    """The spec's steps, validate, and a benchmark per pool; returns (compressed, ledger)."""
+    original, data = fetched.outputs["original"], fetched.outputs["data"]
+    model, ledger = original, fetched.outputs["ledger"]
+    for index, step in enumerate(job.spec.steps):
+        task = ops["compress_op"](job=job_spec, index=index, candidate=candidate,
+                                  original=original, data=data, model_in=model, ledger_in=ledger)
+        task.set_display_name(f"{index}-{step.kind}")
+        model, ledger = task.outputs["model_out"], task.outputs["ledger"]
+    validated = ops["validate_op"](job=job_spec, original=original, data=data, model_in=model,
+                                   ledger_in=ledger).set_display_name("validate")
+    compressed, ledger = validated.outputs["compressed"], validated.outputs["ledger"]
+    for pool in job.spec.benchmark.pools:
+        measured = ops["benchmark_op"](job=job_spec, pool=pool.name, original=original,
+                                       data=data, compressed=compressed, ledger_in=ledger)
+        measured.set_display_name(f"benchmark-{pool.name}")
+        _place_on_pool(measured, pool)
+        ledger = measured.outputs["ledger"]
+    return compressed, ledger
+
+
 def build_pipeline(job: CompressionJob, output: str) -> Callable[..., Any]:
-    """A KFP pipeline function for `job` that publishes its results to `output`."""
+    """A KFP pipeline function for `job` that publishes its results to `output`.
+
+    With `spec.search`, each candidate value runs the whole chain inside a ParallelFor and
+    a select task picks the winner from the collected figures.
+    """
     from kfp import dsl
 
     from modelpress.components.ops import make_ops
 
     ops = make_ops(job.spec.image)
     spec_json = job.spec.model_dump_json(by_alias=True, exclude_none=True)
+    search = job.spec.search
 
     @dsl.pipeline(name=pipeline_name(job), description=f"modelpress job {job.metadata.name}")
     def compression_pipeline(job_spec: str = spec_json, output_uri: str = output) -> None:
         fetched = ops["fetch_op"](job=job_spec).set_display_name("fetch")
-        original, data = fetched.outputs["original"], fetched.outputs["data"]
-        model, ledger = original, fetched.outputs["ledger"]
-        for index, step in enumerate(job.spec.steps):
-            task = ops["compress_op"](job=job_spec, index=index, original=original, data=data,
-                                      model_in=model, ledger_in=ledger)
-            task.set_display_name(f"{index}-{step.kind}")
-            model, ledger = task.outputs["model_out"], task.outputs["ledger"]
-        validated = ops["validate_op"](job=job_spec, original=original, data=data,
-                                       model_in=model, ledger_in=ledger)
-        validated.set_display_name("validate")
-        compressed, ledger = validated.outputs["compressed"], validated.outputs["ledger"]
-        for pool in job.spec.benchmark.pools:
-            measured = ops["benchmark_op"](job=job_spec, pool=pool.name, original=original,
-                                           data=data, compressed=compressed, ledger_in=ledger)
-            measured.set_display_name(f"benchmark-{pool.name}")
-            _place_on_pool(measured, pool)
-            ledger = measured.outputs["ledger"]
+        if search is None:
+            compressed, ledger = _compress_and_measure(ops, job, job_spec, -1, fetched)
+        else:
+            with dsl.ParallelFor(items=list(range(len(search.values))), parallelism=2) as index:
+                compressed, ledger = _compress_and_measure(ops, job, job_spec, index, fetched)
+            chosen = ops["select_op"](job=job_spec, original=fetched.outputs["original"],
+                                      data=fetched.outputs["data"],
+                                      models=dsl.Collected(compressed),
+                                      ledgers=dsl.Collected(ledger))
+            chosen.set_display_name("select")
+            compressed, ledger = chosen.outputs["compressed"], chosen.outputs["ledger"]
         ops["report_op"](job=job_spec, job_name=job.metadata.name, output=output_uri,
                          compressed=compressed, ledger_in=ledger).set_display_name("report")
 

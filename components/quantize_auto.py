@@ -1,0 +1,105 @@
+"""Auto quantization: build every recipe that fits, measure each, keep the fastest one
+within the fidelity bar, and record why each of the others lost.
+
+When no recipe keeps within the bar, the model stays fp32: auto never hands on a model
+that misses its target.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from modelpress.api import QuantizeStep
+from modelpress.components.data import LABELS, Arrays, input_names, take
+from modelpress.components.onnxstats import run_batched, session
+from modelpress.components.quantize import (
+    convert_fp16,
+    quantize_dynamic_int8,
+    quantize_static_qdq,
+)
+from modelpress.components.selection import Measured, choose
+from modelpress.components.validate import task_metrics
+
+LATENCY_ITERATIONS = 20
+
+
+def recipes(calibration: Arrays | None, cuda: bool) -> dict[str, tuple]:
+    """name -> (builder, options) for every recipe this model and machine can use."""
+    built: dict[str, tuple] = {
+        "dynamic-int8-per-channel": (quantize_dynamic_int8, QuantizeStep(per_channel=True)),
+        "dynamic-int8-per-tensor": (quantize_dynamic_int8, QuantizeStep(per_channel=False)),
+    }
+    if calibration is not None:
+        built["static-qdq-int8-per-channel"] = (quantize_static_qdq,
+                                                QuantizeStep(mode="static", per_channel=True))
+        built["static-qdq-int8-per-tensor"] = (quantize_static_qdq,
+                                               QuantizeStep(mode="static", per_channel=False))
+    if cuda:  # fp16 has no fast CPU kernels; it is a GPU recipe
+        built["fp16"] = (convert_fp16, QuantizeStep(mode="fp16"))
+    return built
+
+
+def _fidelity(task: str, path: Path, evaluation: Arrays, reference: np.ndarray) -> float:
+    labels = evaluation.get(LABELS)
+    baseline = next(iter(task_metrics(task, reference, reference, labels).values()))
+    ours = next(iter(task_metrics(task, run_batched(session(path), evaluation), reference,
+                                  labels).values()))
+    return baseline - ours
+
+
+def _latencies(paths: dict[str, Path], evaluation: Arrays, batch_size: int,
+               threads: int) -> dict[str, float]:
+    from modelpress.components.benchmark import interleaved_latency
+
+    feed = {k: v for k, v in take(evaluation, batch_size).items()
+            if k in input_names(evaluation)}
+    models = {name: session(path, threads) for name, path in paths.items()}
+    measured = interleaved_latency(models, feed, LATENCY_ITERATIONS, warmup=3)
+    return {name: latency.p50 for name, latency in measured.items()}
+
+
+def build_candidates(fp32: Path, scratch: Path, evaluation: Arrays,
+                     calibration: Arrays | None) -> tuple[dict[str, Path], dict[str, str]]:
+    """Quantized files by name, and the recipes that failed to build, with their error."""
+    import onnxruntime as ort
+
+    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    built, failed = {}, {}
+    for name, (builder, options) in recipes(calibration, cuda).items():
+        path = scratch / f"{name}.onnx"
+        try:
+            builder(fp32, path, options, calibration if calibration is not None else evaluation)
+            built[name] = path
+        except Exception as error:  # a recipe that does not fit this graph is a result
+            failed[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
+    return built, failed
+
+
+def measure(task: str, built: dict[str, Path], failed: dict[str, str], evaluation: Arrays,
+            reference: np.ndarray, batch_size: int, threads: int) -> list[Measured]:
+    latencies = _latencies(built, evaluation, batch_size, threads) if built else {}
+    measured = [Measured(name=name, accuracy_drop=round(_fidelity(task, path, evaluation,
+                                                                  reference), 6),
+                         size_bytes=path.stat().st_size, latency_ms=latencies[name])
+                for name, path in built.items()]
+    return measured + [Measured(name=name, accuracy_drop=None, error=error)
+                       for name, error in failed.items()]
+
+
+def auto_quantize(fp32: Path, scratch: Path, task: str, baseline_onnx: Path,
+                  evaluation: Arrays, calibration: Arrays | None, bar: float, batch_size: int,
+                  threads: int, out: Path) -> tuple[list[dict], str]:
+    """Write the winner (or fp32) to `out`; return every candidate's record and a summary."""
+    reference = run_batched(session(baseline_onnx), evaluation)
+    built, failed = build_candidates(fp32, scratch, evaluation, calibration)
+    winner, judged = choose(measure(task, built, failed, evaluation, reference, batch_size,
+                                    threads), bar, objective="latency")
+    shutil.copyfile(built[winner.name] if winner else fp32, out)
+    summary = (f"auto chose {winner.name} ({winner.latency_ms:.3f} ms at batch {batch_size}, "
+               f"drop {winner.accuracy_drop:.4f})" if winner else
+               f"no recipe kept the accuracy drop within {bar}; the model stays fp32")
+    return [asdict(c) for c in judged], summary
