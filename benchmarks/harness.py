@@ -72,7 +72,8 @@ def digits_direct(scratch: Path) -> tuple[Path, Path]:
     export_onnx(trained(), sample, ["x"], fp32)
     module = trained()
     example = torch.from_numpy(sample["x"][:2])
-    pruner = tp.pruner.MetaPruner(module, example, importance=tp.importance.MagnitudeImportance(p=2),
+    pruner = tp.pruner.MetaPruner(module, example,
+                                  importance=tp.importance.MagnitudeImportance(p=2),
                                   pruning_ratio=0.5, ignored_layers=[module[-1]])
     pruner.step()
     train = zoo.digits("train")

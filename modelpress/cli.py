@@ -89,6 +89,7 @@ def run(job_file: JobArgument,
     document = _guarded(lambda: _read_results(destination))
     _print_summary(document, wall_seconds)
     sys.stdout.write(json.dumps({"output": destination, "wallSeconds": round(wall_seconds, 2),
+                                 "computeSeconds": round(_compute_seconds(document), 2),
                                  **document["results"]}) + "\n")
 
 
@@ -147,6 +148,10 @@ def _read_results(destination: str) -> dict[str, Any]:
     return document
 
 
+def _compute_seconds(document: dict[str, Any]) -> float:
+    return float(sum(step["durationSeconds"] for step in document["steps"]))
+
+
 def _print_summary(document: dict[str, Any], wall_seconds: float) -> None:
     results = document["results"]
     table = Table(title="modelpress results")
@@ -163,10 +168,11 @@ def _print_summary(document: dict[str, Any], wall_seconds: float) -> None:
         table.add_row(f"p50 latency {pool} (ms)", f"{base['latencyMs'][pool]['p50']:.3f}",
                       f"{latency['p50']:.3f}")
     console.print(table)
-    compute = sum(step["durationSeconds"] for step in document["steps"])
+    compute = _compute_seconds(document)
     console.print(f"compression ratio {results['compressionRatio']:.2f}x, accuracy drop "
-                  f"{results['accuracyDrop']:.4f}, speedup {results['speedup']}; wall "
-                  f"{wall_seconds:.1f} s, steps' compute {compute:.1f} s", highlight=False)
+                  f"{results['accuracyDrop']:.4f}, speedup {results['speedup']}", highlight=False)
+    console.print(f"wall {wall_seconds:.1f} s, steps' own compute {compute:.1f} s, orchestration "
+                  f"overhead {1 - compute / wall_seconds:.0%}", highlight=False)
     for pool in results["benchmarks"]:
         if not pool["available"]:
             console.print(f"pool {pool['pool']}: unavailable ({pool['reason']})", highlight=False)
