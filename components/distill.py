@@ -2,18 +2,47 @@
 
 Logit distillation for classification, embedding regression for embeddings. Weights that
 an earlier prune step zeroed stay zero, so distillation never undoes compression.
+
+KD does not always beat plain fine-tuning. When the data has labels, the same student is
+also trained on the labels alone; both are scored on a held-out tenth of the training
+data (never on the eval set) and the better one is kept. Both scores are reported.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from modelpress.api import DistillStep
-from modelpress.components.data import Arrays
-from modelpress.components.modelio import load_torch, read_manifest, save_torch
+from modelpress.components.data import LABELS, Arrays
+from modelpress.components.modelio import load_torch, read_manifest, save_torch, torch_inputs
 from modelpress.components.prune import prunable_weights
 from modelpress.components.result import StepResult, timed
 from modelpress.components.training import TrainingPlan, fine_tune
+
+if TYPE_CHECKING:
+    import torch
+
+HOLDOUT_FRACTION = 0.1
+
+
+def split_holdout(train: Arrays) -> tuple[Arrays, Arrays]:
+    """A fixed 90/10 split of the training data."""
+    length = len(next(iter(train.values())))
+    order = np.random.default_rng(1).permutation(length)
+    cut = max(1, int(length * HOLDOUT_FRACTION))
+    return ({k: v[order[cut:]] for k, v in train.items()},
+            {k: v[order[:cut]] for k, v in train.items()})
+
+
+def holdout_accuracy(module: torch.nn.Module, holdout: Arrays, inputs: list[str]) -> float:
+    import torch
+
+    with torch.no_grad():
+        logits = module.eval()(*torch_inputs(holdout, inputs))
+    return float((logits.argmax(-1).numpy() == holdout[LABELS]).mean())
 
 
 def distill(model_in: Path, original: Path, options: DistillStep, train: Arrays,
@@ -26,8 +55,34 @@ def distill(model_in: Path, original: Path, options: DistillStep, train: Arrays,
         plan = TrainingPlan(task=manifest.task, inputs=manifest.inputs, epochs=options.epochs,
                             learning_rate=options.learning_rate,
                             temperature=options.temperature, alpha=options.alpha)
-        loss = fine_tune(student, teacher, train, plan, masks)
+        if manifest.task == "classification" and LABELS in train:
+            plain = load_torch(model_in)  # a fresh copy: deep-copied TorchScript won't train
+            student, result.figures = _kd_against_labels_only(student, plain, teacher, train,
+                                                              plan, masks)
+            result.message = (f"kept {result.figures['kept']}: holdout accuracy KD "
+                              f"{result.figures['holdoutAccuracyKd']:.4f} vs labels only "
+                              f"{result.figures['holdoutAccuracyLabelsOnly']:.4f}")
+        else:
+            loss = fine_tune(student, teacher, train, plan, masks)
+            result.figures = {"finalLoss": round(loss, 6), "kept": "kd"}
+            result.message = f"{options.epochs} epochs, final loss {loss:.4g}"
         save_torch(student, model_out, manifest)
-        result.figures = {"finalLoss": round(loss, 6), "epochs": options.epochs}
-        result.message = f"{options.epochs} epochs, final loss {loss:.4g}"
+        result.figures["epochs"] = options.epochs
     return result
+
+
+def _kd_against_labels_only(student: torch.nn.Module, plain: torch.nn.Module,
+                            teacher: torch.nn.Module, train: Arrays, plan: TrainingPlan,
+                            masks: dict) -> tuple[torch.nn.Module, dict]:
+    from dataclasses import replace
+
+    fit, holdout = split_holdout(train)
+    fine_tune(student, teacher, fit, plan, masks)
+    fine_tune(plain, teacher, fit, replace(plan, alpha=0.0), masks)
+    kd_score = holdout_accuracy(student, holdout, plan.inputs)
+    plain_score = holdout_accuracy(plain, holdout, plan.inputs)
+    kept = "kd" if kd_score >= plain_score else "labels-only"
+    figures = {"holdoutAccuracyKd": round(kd_score, 6),
+               "holdoutAccuracyLabelsOnly": round(plain_score, 6), "kept": kept,
+               "holdoutRows": len(holdout[LABELS])}
+    return (student if kept == "kd" else plain), figures

@@ -120,6 +120,32 @@ def _size_plot(results: Results) -> str:
     return encoded
 
 
+def _pareto_plot(results: Results) -> str | None:
+    """Accuracy drop against size for every candidate; the chosen one is starred."""
+    measured = [c for c in results.candidates
+                if c.accuracy_drop is not None and c.size_bytes is not None]
+    if len(measured) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5.5, 3.6))
+    for candidate in measured:
+        axis.scatter(candidate.size_bytes / 1e6, candidate.accuracy_drop,
+                     marker="*" if candidate.chosen else "o", s=160 if candidate.chosen else 40,
+                     color="#2a7" if candidate.chosen else "#888")
+        axis.annotate(candidate.name.rsplit("=", 1)[-1], (candidate.size_bytes / 1e6,
+                                                         candidate.accuracy_drop), fontsize=8)
+    axis.set_xlabel("size (MB)")
+    axis.set_ylabel("accuracy drop")
+    axis.set_title("candidates")
+    encoded = _png(figure)
+    plt.close(figure)
+    return encoded
+
+
 def render_html(job_name: str, results: Results, steps: list[StepStatus]) -> str:
     rows = "".join(
         f"<tr><td>{html.escape(label)}</td><td>{base}</td><td>{comp}</td></tr>"
@@ -150,7 +176,8 @@ def render_html(job_name: str, results: Results, steps: list[StepStatus]) -> str
         f"<th>p50 ms</th><th>verdict</th></tr>{candidates}</table>" if candidates else "")
     plots = "".join(f'<img alt="{alt}" src="data:image/png;base64,{data}">'
                     for alt, data in (("latency", _latency_plot(results)),
-                                      ("size", _size_plot(results))) if data)
+                                      ("size", _size_plot(results)),
+                                      ("candidates", _pareto_plot(results))) if data)
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <title>modelpress report: {html.escape(job_name)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}

@@ -58,8 +58,8 @@ def _last_exception(log: str) -> str | None:
     import re
 
     plain = re.sub(r"\x1b\[[0-9;]*m", "", log)
-    found = re.findall(r"^(?:[\w.]+(?:Error|Exception)): .+$", plain, flags=re.MULTILINE)
-    return found[-1] if found else None
+    found = re.findall(r"^\s*([\w.]+(?:Error|Exception): .+)$", plain, flags=re.MULTILINE)
+    return found[-1].strip() if found else None
 
 
 def _last_error(events: Path) -> str | None:
