@@ -20,6 +20,7 @@ from modelpress.components.modelio import Manifest, export_onnx, write_manifest
 from modelpress.components.result import StepResult, timed
 from modelpress.components.sources import assert_fetchable, builtin_name, fetch_to, file_suffix
 from modelpress.errors import InvalidInput
+from modelpress.store import sha256_of
 
 MODEL_FIELD = "spec.model.uri"
 BASELINE_ONNX = "baseline.onnx"
@@ -34,8 +35,14 @@ def fetch(spec: CompressionSpec, model_out: Path, data_out: Path) -> StepResult:
         for name, arrays in datasets.items():
             save_arrays(arrays, data_out / f"{name}.npz")
         manifest = fetch_model(spec, datasets["eval"], model_out)
+        inputs = {"model": {"uri": spec.model.uri,
+                            "sha256": sha256_of(model_out / manifest.file)}}
+        inputs |= {f"data.{name}": {"uri": getattr(spec.data, name),
+                                    "sha256": sha256_of(data_out / f"{name}.npz")}
+                   for name in datasets}
         result.figures = {"format": manifest.format, "inputs": manifest.inputs,
-                          "evalRows": len(datasets["eval"][manifest.inputs[0]])}
+                          "evalRows": len(datasets["eval"][manifest.inputs[0]]),
+                          "lineageInputs": inputs}
         result.message = f"{spec.model.uri} as {manifest.format}"
     return result
 

@@ -22,6 +22,7 @@ from modelpress.api import (
     StepStatus,
 )
 from modelpress.components.result import StepResult, timed
+from modelpress.lineage import LINEAGE
 from modelpress.store import StoredObject, open_store
 
 
@@ -201,36 +202,44 @@ exported to fp32 ONNX.</p>
 
 def report(job_name: str, ledger: list[dict[str, Any]], compressed_onnx: Path,
            output: str) -> StepResult:
-    """Publish model.onnx, results.json, report.html and lineage.json to `output`."""
+    """Publish model.onnx, report.html, lineage.json and, last, results.json to `output`.
+
+    results.json goes last: its presence marks a complete, verifiable set of artifacts.
+    """
     with timed("report") as result:
         results = build_results(ledger)
         steps = step_statuses(ledger)
         store = open_store(output)
         with tempfile.TemporaryDirectory() as scratch:
             folder = Path(scratch)
-            model = store.put_file(compressed_onnx, "model.onnx")
             (folder / "report.html").write_text(render_html(job_name, results, steps))
-            page = store.put_file(folder / "report.html", "report.html")
-            artifacts = {"model": model.uri, "report": page.uri,
-                         "results": store.uri("results.json"),
-                         "lineage": store.uri("lineage.json")}
-            lineage = _lineage(ledger, {"model.onnx": model, "report.html": page})
-            (folder / "lineage.json").write_text(json.dumps(lineage, indent=2))
-            store.put_file(folder / "lineage.json", "lineage.json")
+            stored = {"model.onnx": store.put_file(compressed_onnx, "model.onnx"),
+                      "report.html": store.put_file(folder / "report.html", "report.html")}
+            (folder / LINEAGE).write_text(json.dumps(_lineage(ledger, stored), indent=2))
+            store.put_file(folder / LINEAGE, LINEAGE)
+            artifacts = {"model": stored["model.onnx"].uri, "report": stored["report.html"].uri,
+                         "results": store.uri("results.json"), "lineage": store.uri(LINEAGE)}
+            presign = getattr(store, "presigned_get", None)
+            if presign is not None:
+                artifacts["reportUrl"] = presign("report.html")
             document = {"results": results.to_wire(), "artifacts": artifacts,
                         "steps": [s.to_wire() for s in steps]}
             (folder / "results.json").write_text(json.dumps(document, indent=2))
-            store.put_file(folder / "results.json", "results.json")  # last: marks completion
+            store.put_file(folder / "results.json", "results.json")
         result.figures = {"artifacts": artifacts}
         result.message = f"published to {store.root_uri}"
     return result
 
 
 def _lineage(ledger: list[dict[str, Any]], stored: dict[str, StoredObject]) -> dict[str, Any]:
-    compressing = [e["step"] for e in ledger if e["step"] in ("prune", "distill", "quantize")]
+    compressing = [e["step"] for e in ledger
+                   if e["step"] in ("prune", "distill", "decompose", "quantize", "select")]
     producers = {"model.onnx": (compressing or ["fetch"])[-1], "report.html": "report"}
+    fetched = next((e for e in ledger if e["step"] == "fetch"), {"figures": {}})
     return {
-        "steps": [{"step": e["step"], "message": e["message"]} for e in ledger],
+        "inputs": fetched["figures"].get("lineageInputs", {}),
+        "steps": [{"step": e["step"], "seconds": round(e["seconds"], 3), "message": e["message"]}
+                  for e in ledger],
         "artifacts": {key: {"uri": obj.uri, "sha256": obj.sha256, "sizeBytes": obj.size_bytes,
                             "producer": producers[key]} for key, obj in stored.items()},
     }

@@ -64,6 +64,17 @@ def compile_job(job_file: JobArgument,
     console.print(f"wrote {output}")
 
 
+@app.command()
+def verify(output: Annotated[str, typer.Argument(help="A job's output folder or s3:// uri.")]
+           ) -> None:
+    """Check every published artifact against the digests in its lineage.json."""
+    from modelpress.lineage import verify_outputs
+    from modelpress.store import open_store
+
+    lineage = _guarded(lambda: verify_outputs(open_store(output)))
+    console.print(f"{len(lineage['artifacts'])} artifacts match lineage.json", highlight=False)
+
+
 def _output_for(job: Any, output: str | None) -> str:
     if output:
         return output
