@@ -99,7 +99,7 @@ def take(arrays: Arrays, count: int) -> Arrays:
 
 def save_arrays(arrays: Arrays, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **arrays)
+    np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy's stub misreads **kwargs
 
 
 def load_arrays(path: Path) -> Arrays:

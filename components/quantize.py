@@ -7,6 +7,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from modelpress.api import QuantizeStep
 from modelpress.components.data import Arrays
@@ -62,7 +63,7 @@ def convert_fp16(fp32: Path, out: Path, options: QuantizeStep, _: Arrays) -> Non
     onnx.save(model, str(out))
 
 
-def _weight_type(options: QuantizeStep, quant_type: type) -> object:
+def _weight_type(options: QuantizeStep, quant_type: Any) -> Any:
     return quant_type.QInt8 if options.weight_type == "int8" else quant_type.QUInt8
 
 

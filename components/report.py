@@ -134,11 +134,11 @@ def _pareto_plot(results: Results) -> str | None:
 
     figure, axis = plt.subplots(figsize=(5.5, 3.6))
     for candidate in measured:
-        axis.scatter(candidate.size_bytes / 1e6, candidate.accuracy_drop,
-                     marker="*" if candidate.chosen else "o", s=160 if candidate.chosen else 40,
+        point = ((candidate.size_bytes or 0) / 1e6, candidate.accuracy_drop or 0.0)
+        axis.scatter(*point, marker="*" if candidate.chosen else "o",
+                     s=160 if candidate.chosen else 40,
                      color="#2a7" if candidate.chosen else "#888")
-        axis.annotate(candidate.name.rsplit("=", 1)[-1], (candidate.size_bytes / 1e6,
-                                                         candidate.accuracy_drop), fontsize=8)
+        axis.annotate(candidate.name.rsplit("=", 1)[-1], point, fontsize=8)
     axis.set_xlabel("size (MB)")
     axis.set_ylabel("accuracy drop")
     axis.set_title("candidates")
@@ -235,7 +235,8 @@ def _lineage(ledger: list[dict[str, Any]], stored: dict[str, StoredObject]) -> d
     compressing = [e["step"] for e in ledger
                    if e["step"] in ("prune", "distill", "decompose", "quantize", "select")]
     producers = {"model.onnx": (compressing or ["fetch"])[-1], "report.html": "report"}
-    fetched = next((e for e in ledger if e["step"] == "fetch"), {"figures": {}})
+    fetched: dict[str, Any] = next((e for e in ledger if e["step"] == "fetch"),
+                                   {"figures": {}})
     return {
         "inputs": fetched["figures"].get("lineageInputs", {}),
         "steps": [{"step": e["step"], "seconds": round(e["seconds"], 3), "message": e["message"]}
