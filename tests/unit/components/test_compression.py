@@ -1,0 +1,114 @@
+"""Structured pruning, low-rank decomposition and quantization recipes on small real models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from modelpress.api import DecomposeStep, QuantizeStep
+from modelpress.components import zoo
+from modelpress.components.decompose import decompose_linears, factorize, rank_for
+from modelpress.components.modelio import export_onnx
+from modelpress.components.prune import schedule_sparsities, step_ratios
+from modelpress.components.prune_structured import ffn_blocks, prune_channels, prune_ffn_neurons
+from modelpress.components.quantize import (
+    convert_fp16,
+    quantize_dynamic_int8,
+    quantize_static_qdq,
+)
+
+
+def test_step_ratios_compose_to_the_cumulative_targets() -> None:
+    cumulative = schedule_sparsities(0.9, 4)
+    kept = 1.0
+    for ratio, target in zip(step_ratios(cumulative), cumulative, strict=True):
+        kept *= 1 - ratio
+        assert kept == pytest.approx(1 - target)
+
+
+def test_factorize_is_exact_for_a_low_rank_layer() -> None:
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 48)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(48, 4) @ torch.randn(4, 64))
+    factors = factorize(layer, DecomposeStep(energy=0.9999))
+    assert factors is not None and factors[0].out_features == 4
+    x = torch.randn(5, 64)
+    assert torch.allclose(factors(x), layer(x), atol=1e-4)
+
+
+def test_factorize_refuses_when_it_would_not_shrink() -> None:
+    torch.manual_seed(0)
+    assert factorize(torch.nn.Linear(8, 8), DecomposeStep(energy=1.0)) is None
+
+
+def test_rank_ratio_overrides_energy() -> None:
+    values = torch.tensor([4.0, 3.0, 2.0, 1.0])
+    assert rank_for(values, DecomposeStep(rank_ratio=0.5)) == 2
+    assert rank_for(values, DecomposeStep(energy=0.8)) == 2  # (16+9)/30 = 0.83
+
+
+def test_decompose_keeps_the_output_layer() -> None:
+    model = zoo.digits_cnn()
+    replaced = decompose_linears(model, DecomposeStep(energy=0.5))
+    assert replaced == 1
+    assert isinstance(model[-1], torch.nn.Linear)
+    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_channel_pruning_shrinks_the_cnn_and_keeps_its_outputs() -> None:
+    model = zoo.digits_cnn()
+    before = sum(p.numel() for p in model.parameters())
+    prune_channels(model, (torch.zeros(2, 1, 8, 8),), 0.5, "global")
+    after = sum(p.numel() for p in model.parameters())
+    assert after < before * 0.5
+    assert model(torch.zeros(3, 1, 8, 8)).shape == (3, 10)
+
+
+def _tiny_bert() -> torch.nn.Module:
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64)
+    return BertModel(config, add_pooling_layer=False).eval()
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_ffn_neurons_are_removed_from_every_block(scope: str) -> None:
+    model = _tiny_bert()
+    removed = prune_ffn_neurons(model, 0.5, scope)
+    widths = [up.out_features for up, _ in ffn_blocks(model)]
+    assert removed == 128 - sum(widths)
+    assert sum(widths) == pytest.approx(64, abs=2)
+    if scope == "layer":
+        assert widths == [32, 32]
+    ids = torch.randint(0, 50, (2, 7))
+    assert model(input_ids=ids)[0].shape == (2, 7, 32)
+
+
+@pytest.fixture(scope="module")
+def digits_fp32(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("onnx") / "fp32.onnx"
+    export_onnx(zoo.digits_cnn(), {"x": zoo.digits("test")["x"][:4]}, ["x"], path)
+    return path
+
+
+@pytest.mark.parametrize(("recipe", "options", "max_ratio"), [
+    (quantize_dynamic_int8, QuantizeStep(mode="dynamic"), 0.3),
+    (quantize_static_qdq, QuantizeStep(mode="static"), 0.3),
+    (convert_fp16, QuantizeStep(mode="fp16"), 0.55),
+])
+def test_recipes_shrink_the_model_and_still_run(digits_fp32: Path, tmp_path: Path, recipe,
+                                                options: QuantizeStep, max_ratio: float) -> None:
+    import onnxruntime as ort
+
+    out = tmp_path / "q.onnx"
+    recipe(digits_fp32, out, options, zoo.digits("train"))
+    assert out.stat().st_size < digits_fp32.stat().st_size * max_ratio
+    x = zoo.digits("test")["x"][:5]
+    logits = ort.InferenceSession(str(out)).run(None, {"x": x})[0]
+    assert logits.shape == (5, 10) and np.isfinite(logits).all()
