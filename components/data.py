@@ -59,6 +59,10 @@ def _npz(path: Path, uri: str, where: str) -> Arrays:
 
 
 def _check_lengths(arrays: Arrays, uri: str, where: str) -> None:
+    scalars = [name for name, array in arrays.items() if array.ndim == 0]
+    if scalars:
+        raise InvalidInput(where, f"{uri}: arrays {scalars} are scalars; each needs one row "
+                                  "per example")
     lengths = {name: len(array) for name, array in arrays.items()}
     if len(set(lengths.values())) != 1:
         raise InvalidInput(where, f"{uri}: arrays have different lengths {lengths}")

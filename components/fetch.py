@@ -9,6 +9,7 @@ from __future__ import annotations
 import pickle
 import shutil
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -182,18 +183,29 @@ def _is_torchscript(path: Path) -> bool:
         return any("/code/" in name for name in archive.namelist())
 
 
+def _looks_pickled(path: Path) -> bool:
+    """torch.save writes a zip (new format) or a raw pickle (starts with the PROTO opcode)."""
+    with path.open("rb") as handle:
+        return zipfile.is_zipfile(path) or handle.read(1) == b"\x80"
+
+
 def _read_state_dict(path: Path, uri: str) -> dict[str, Any]:
     import torch
 
+    unreadable = InvalidInput(MODEL_FIELD, f"{uri} is not a readable torch file (corrupt or "
+                                           "truncated)")
     try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
+        with warnings.catch_warnings():  # torch warns about legacy pickles before refusing
+            warnings.simplefilter("ignore")
+            state = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError:
+        if not _looks_pickled(path):
+            raise unreadable from None
         raise InvalidInput(MODEL_FIELD, f"{uri} is a pickled Python object; modelpress never "
                                         "unpickles models: save a state_dict, TorchScript, "
                                         "torch.export (.pt2) or ONNX") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise InvalidInput(MODEL_FIELD, f"{uri} is not a readable torch file (corrupt or "
-                                        f"truncated: {str(error).splitlines()[0][:120]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError):
+        raise unreadable from None
     if not isinstance(state, dict) or not all(hasattr(v, "shape") for v in state.values()):
         raise InvalidInput(MODEL_FIELD, f"{uri} holds no state_dict of tensors")
     return state

@@ -86,10 +86,10 @@ def build_architecture(reference: str) -> torch.nn.Module:
         return _ARCHITECTURES[name]()
     module_name, _, factory_name = reference.removeprefix("python://").partition(":")
     try:
-        factory = getattr(importlib.import_module(module_name), factory_name)
-    except (ImportError, AttributeError) as error:
-        raise InvalidInput("spec.model.architecture", f"cannot load {reference}: {error}") from None
-    module = factory()
+        module = getattr(importlib.import_module(module_name), factory_name)()
+    except Exception as error:  # user code: any failure is the user's input, reported as such
+        raise InvalidInput("spec.model.architecture",
+                           f"{reference} failed: {type(error).__name__}: {error}") from None
     if not hasattr(module, "state_dict"):
         raise InvalidInput("spec.model.architecture", f"{reference} did not return a torch module")
     return module

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from modelpress.errors import InvalidInput, ModelpressError, StepFailed
@@ -28,7 +29,7 @@ JobArgument = Annotated[Path, typer.Argument(help="A CompressionJob YAML file.")
 
 def _fail(error: ModelpressError) -> None:
     code = 2 if isinstance(error, InvalidInput) else 1
-    console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+    console.print("[red]error:[/red]", escape(str(error)), highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -135,11 +136,11 @@ def _show_progress(worker: threading.Thread, events: Path) -> None:
                     status.update(f"running [bold]{event['step']}[/bold]…")
                 elif event["event"] == "finished":
                     console.print(f"[green]✓[/green] {event['step']:<16} "
-                                  f"{event['seconds']:7.2f} s  {event['message']}",
+                                  f"{event['seconds']:7.2f} s ", escape(str(event["message"])),
                                   highlight=False)
                 else:
-                    console.print(f"[red]✗[/red] {event['step']:<16} {event['message']}",
-                                  highlight=False)
+                    console.print(f"[red]✗[/red] {event['step']:<16}",
+                                  escape(str(event["message"])), highlight=False)
             shown = len(lines)
             worker.join(timeout=0.2)
 

@@ -41,7 +41,16 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
         del out["default"]
     if "const" in out:
         out["enum"] = [out.pop("const")]
-    return out
+    return _boolean_exclusive_bounds(out)
+
+
+def _boolean_exclusive_bounds(node: dict[str, Any]) -> dict[str, Any]:
+    """JSON Schema 2020 `exclusiveMaximum: 1.0` is Kubernetes' `maximum: 1.0` + `true`."""
+    for bound, exclusive in (("maximum", "exclusiveMaximum"), ("minimum", "exclusiveMinimum")):
+        value = node.get(exclusive)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            node[bound], node[exclusive] = value, True
+    return node
 
 
 def _collapse_any_of(node: dict[str, Any]) -> dict[str, Any]:

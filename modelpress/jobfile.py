@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +26,30 @@ def field_path(location: tuple[int | str, ...]) -> str:
     return text
 
 
+_UNION_MEMBERS = {"float", "int", "str", "bool", "none"}
+# A whole-model validator names the field inside its message: "steps[1]: quantize must …".
+_NAMED_IN_MESSAGE = re.compile(r"^((?:steps|search|data|model|benchmark|promotion)"
+                               r"[\w.\[\]]*): (.+)$", re.DOTALL)
+
+
 def _meaningful(location: tuple[int | str, ...]) -> tuple[int | str, ...]:
-    # Pydantic adds union-branch and validator tags such as 'literal[...]'; drop them.
-    return tuple(p for p in location if not (isinstance(p, str) and ("[" in p or "-" in p)))
+    """Drop pydantic's union-branch and validator tags ('literal[...]', 'float', …)."""
+    return tuple(p for p in location if not (isinstance(p, str) and (
+        "[" in p or "-" in p or p in _UNION_MEMBERS)))
 
 
 def describe(error: ValidationError) -> str:
-    first = error.errors()[0]
+    """One line: the field path, what is wrong, and how many other fields are wrong."""
+    problems = error.errors()
+    first = problems[0]
     where = field_path(_meaningful(first["loc"])) or "the job"
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown field"
-    extra = len(error.errors()) - 1
+    named = _NAMED_IN_MESSAGE.match(message)
+    if named:
+        where, message = f"{where}.{named[1]}", named[2]
+    extra = len({field_path(_meaningful(p["loc"])) for p in problems}) - 1
     return f"{where}: {message}" + (f" (and {extra} more problem(s))" if extra else "")
 
 
@@ -49,7 +62,8 @@ def parse_job(document: Any, source: str) -> CompressionJob:
                            f"expected apiVersion {expected} and kind {KIND}, got "
                            f"{document.get('apiVersion')!r} / {document.get('kind')!r}")
     try:
-        return CompressionJob.model_validate(document)
+        # Aliases only: a snake_case key would pass here but be pruned by the cluster's CRD.
+        return CompressionJob.model_validate(document, by_alias=True, by_name=False)
     except ValidationError as error:
         raise InvalidInput(source, describe(error)) from None
 

@@ -1,0 +1,108 @@
+{{/* The release's resource name, at most 63 characters. */}}
+{{- define "modelpress.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "modelpress.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "modelpress.labels" -}}
+{{ include "modelpress.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{- define "modelpress.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "modelpress.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The namespace whose jobs the operator watches (namespaced mode). */}}
+{{- define "modelpress.watchNamespace" -}}
+{{- default .Release.Namespace .Values.watch.namespace -}}
+{{- end -}}
+
+{{/* The local backend runs the steps inside the operator pod: it needs the step image. */}}
+{{- define "modelpress.image" -}}
+{{- $image := ternary .Values.image.step .Values.image.operator (eq .Values.backend "local") -}}
+{{- printf "%s:%s" $image.repository (default .Chart.AppVersion $image.tag) -}}
+{{- end -}}
+
+{{/* The scrape job name the alert rules and dashboards select on (files/). */}}
+{{- define "modelpress.scrapeJob" -}}
+modelpress-operator
+{{- end -}}
+
+{{/* The operator's settings (modelpress/settings.py, operator/config.py). */}}
+{{- define "modelpress.env" -}}
+# The root filesystem is read-only: libraries that write under $HOME get /tmp.
+- name: HOME
+  value: /tmp
+- name: MODELPRESS_CACHE_DIR
+  value: /var/cache/modelpress
+- name: MODELPRESS_LIVENESS_ENDPOINT
+  value: {{ printf "http://0.0.0.0:%d/healthz" (int .Values.healthPort) | quote }}
+- name: MODELPRESS_DEFAULT_OUTPUT
+  value: {{ .Values.operator.defaultOutput | quote }}
+- name: MODELPRESS_MAX_RUNS_IN_FLIGHT
+  value: {{ .Values.operator.maxRunsInFlight | quote }}
+- name: MODELPRESS_POLL_INTERVAL_SECONDS
+  value: {{ .Values.operator.pollIntervalSeconds | quote }}
+- name: MODELPRESS_KSERVE_ENABLED
+  value: {{ .Values.promotion.kserve.enabled | quote }}
+{{- if eq .Values.backend "local" }}
+- name: MODELPRESS_LOCAL_WORKDIR
+  value: /var/lib/modelpress/runs
+{{- else }}
+- name: MODELPRESS_KFP_HOST
+  value: {{ .Values.kfp.host | quote }}
+- name: MODELPRESS_KFP_EXPERIMENT
+  value: {{ .Values.kfp.experiment | quote }}
+{{- with .Values.kfp.namespace }}
+- name: MODELPRESS_KFP_NAMESPACE
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.kfp.pipelineRoot }}
+- name: MODELPRESS_KFP_PIPELINE_ROOT
+  value: {{ . | quote }}
+{{- end }}
+- name: MODELPRESS_KFP_TIMEOUT_SECONDS
+  value: {{ .Values.kfp.timeoutSeconds | quote }}
+- name: MODELPRESS_KFP_ATTEMPTS
+  value: {{ .Values.kfp.attempts | quote }}
+{{- end }}
+{{- with .Values.s3.endpoint }}
+- name: MODELPRESS_S3_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+- name: MODELPRESS_S3_REGION
+  value: {{ .Values.s3.region | quote }}
+- name: MODELPRESS_S3_CREATE_BUCKETS
+  value: {{ .Values.s3.createBuckets | quote }}
+{{- with .Values.s3.credentials.existingSecret }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.s3.credentials.accessKeyIdKey }}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.s3.credentials.secretAccessKeyKey }}
+{{- end }}
+{{- with .Values.operator.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
