@@ -22,8 +22,11 @@ def run_local(job: CompressionJob, output: str, workdir: Path, events: Path) -> 
                pipeline_root=str(workdir / "pipeline_root"), raise_on_error=True)
     pipeline = build_pipeline(job, output)
     log = io.StringIO()
-    previous = os.environ.get(EVENTS_ENV)
-    os.environ[EVENTS_ENV] = str(events)
+    # Steps run as `python -m …` in this process's folder; from a modelpress checkout its
+    # operator/ folder would shadow the standard library's `operator` without safe paths.
+    overrides = {EVENTS_ENV: str(events), "PYTHONSAFEPATH": "1"}
+    previous = {name: os.environ.get(name) for name in overrides}
+    os.environ.update(overrides)
     try:
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             pipeline()
@@ -31,10 +34,11 @@ def run_local(job: CompressionJob, output: str, workdir: Path, events: Path) -> 
         problem = _last_error(events) or _last_exception(log.getvalue()) or str(error)
         raise StepFailed(_failed_step(events) or "pipeline", problem) from None
     finally:
-        if previous is None:
-            os.environ.pop(EVENTS_ENV, None)
-        else:
-            os.environ[EVENTS_ENV] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     return log.getvalue()
 
 

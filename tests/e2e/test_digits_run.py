@@ -21,7 +21,7 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Com
     completed = subprocess.run(
         [sys.executable, "-m", "modelpress.cli", "run",
          str(ROOT / "examples" / "digits-prune-quantize.yaml"), "--output", str(output)],
-        capture_output=True, text=True, timeout=900, cwd=tmp_path_factory.mktemp("cwd"),
+        capture_output=True, text=True, timeout=900, cwd=ROOT,  # as the README runs it
         env={**os.environ, "COLUMNS": "200"})
     return completed, output
 
