@@ -76,6 +76,20 @@ def verify(output: Annotated[str, typer.Argument(help="A job's output folder or 
     console.print(f"{len(lineage['artifacts'])} artifacts match lineage.json", highlight=False)
 
 
+@app.command("operator")
+def operator_command(
+        backend: Annotated[str, typer.Option(help="local | kfp")] = "local",
+        namespace: Annotated[str | None, typer.Option("--namespace", "-n",
+                                                      help="Watch this namespace.")] = None,
+        all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A",
+                                                     help="Watch every namespace.")] = False,
+        metrics_port: Annotated[int, typer.Option(help="Port of /metrics.")] = 8080) -> None:
+    """Run the operator: reconcile CompressionJobs into pipeline runs."""
+    from modelpress.operator.main import run_operator
+
+    _guarded(lambda: run_operator(backend, namespace, all_namespaces, metrics_port))
+
+
 def _output_for(job: Any, output: str | None) -> str:
     if output:
         return output

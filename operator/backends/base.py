@@ -1,0 +1,62 @@
+"""What every run backend offers the operator, and what it reports about a run.
+
+A backend starts, observes and stops pipeline runs; it never decides anything about a job.
+Its answers are plain values (`RunState`) so the reconciler can stay pure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal, Protocol
+
+from modelpress.api import CompressionJob, StepStatus
+
+RunPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Canceled", "Lost"]
+TERMINAL_RUN_PHASES: frozenset[str] = frozenset({"Succeeded", "Failed", "Canceled", "Lost"})
+
+
+class BackendError(Exception):
+    """The backend could not be reached or refused a request; worth retrying later."""
+
+
+@dataclass(frozen=True)
+class RunState:
+    """One observation of a run. `Lost`: the backend has no record of it any more."""
+
+    run_id: str
+    phase: RunPhase
+    steps: list[StepStatus] = field(default_factory=list)
+    failed_step: str | None = None
+    message: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """Everything a backend needs to start a job's run.
+
+    `key` is stable for one job (its uid): submitting the same key twice returns the run
+    already started, which is what makes a crash between submit and status write safe.
+    """
+
+    key: str
+    job: CompressionJob
+    output: str
+
+
+class Backend(Protocol):
+    name: Literal["kfp", "local"]
+
+    def submit(self, request: RunRequest) -> str:
+        """Start the run (or find the one already started for `request.key`); its id."""
+        ...
+
+    def poll(self, run_id: str) -> RunState: ...
+
+    def terminate(self, run_id: str) -> None: ...
+
+    def has_capacity(self) -> bool:
+        """Whether one more run may start under the operator's cap on runs in flight."""
+        ...

@@ -1,0 +1,232 @@
+"""The local backend: each run is a detached worker process running the pipeline through
+kfp.local, with everything about the run kept in its folder.
+
+A run folder holds `request.json` (job, output, runner), `worker.json` (pid, start time),
+`events.jsonl` (the steps' progress events), `exit.json` (how the run ended),
+`canceled` (written before a terminate) and `worker.log`. Run state is read back from
+those files alone, so a restarted operator finds its runs again and never starts one
+twice: the folder is named after the job's uid and claimed with an atomic mkdir.
+
+Workers run in their own session: they outlive an operator restart, and terminating one
+kills its whole process group (kfp.local's step subprocesses included).
+
+`python -m modelpress.operator.backends.local RUN_FOLDER` is the worker's entry point.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from modelpress.api import CompressionJob, StepStatus
+from modelpress.errors import StepFailed
+from modelpress.operator.backends.base import RunRequest, RunState
+
+DEFAULT_RUNNER = "modelpress.pipelines.local:run_local"
+TERMINATE_GRACE_SECONDS = 5.0
+# A run folder without a worker after this long was claimed by an operator that died
+# before it could start the worker.
+START_TIMEOUT_SECONDS = 60.0
+
+
+class LocalBackend:
+    name: Literal["local"] = "local"
+
+    def __init__(self, workdir: Path, max_runs: int, runner: str = DEFAULT_RUNNER) -> None:
+        self.workdir = workdir.resolve()
+        self.max_runs = max_runs
+        self.runner = runner
+        self._workers: dict[str, subprocess.Popen[bytes]] = {}
+        self.workdir.mkdir(parents=True, exist_ok=True)
+
+    def submit(self, request: RunRequest) -> str:
+        run_id = "local-" + re.sub(r"[^A-Za-z0-9-]", "-", request.key)
+        folder = self.workdir / run_id
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            return run_id  # already started for this job (e.g. before an operator restart)
+        _write_json(folder / "request.json", {"job": request.job.to_wire(),
+                                              "output": request.output, "runner": self.runner})
+        with (folder / "worker.log").open("ab") as log:
+            # cwd: the run folder, never a checkout whose operator/ would shadow the
+            # standard library's `operator` on the `-m` path.
+            worker = subprocess.Popen(
+                [sys.executable, "-m", __name__, str(folder)], cwd=folder,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        self._workers[run_id] = worker
+        _write_json(folder / "worker.json", {"pid": worker.pid, "startedAt": time.time()})
+        return run_id
+
+    def poll(self, run_id: str) -> RunState:
+        folder = self.workdir / run_id
+        if not (folder / "request.json").is_file():
+            return RunState(run_id=run_id, phase="Lost")
+        steps = steps_from_events(folder / "events.jsonl")
+        worker = _read_json(folder / "worker.json") or {}
+        started = _time(worker.get("startedAt"))
+        ended = _read_json(folder / "exit.json")
+        if (folder / "canceled").exists():
+            return RunState(run_id, "Canceled", steps, started_at=started,
+                            finished_at=_time(ended and ended.get("finishedAt")))
+        if ended is not None:
+            self._reap(run_id)
+            return RunState(run_id, ended["phase"], steps, failed_step=ended.get("step"),
+                            message=ended.get("message"), started_at=started,
+                            finished_at=_time(ended.get("finishedAt")))
+        if not worker:
+            return _not_started(run_id, folder)
+        if self._alive(run_id, worker["pid"]):
+            return RunState(run_id, "Running", steps, started_at=started)
+        return RunState(run_id, "Failed", steps, started_at=started,
+                        message="the worker process ended without recording an outcome "
+                                f"(see {folder / 'worker.log'})")
+
+    def terminate(self, run_id: str) -> None:
+        folder = self.workdir / run_id
+        if not folder.is_dir() or (folder / "exit.json").exists():
+            return
+        (folder / "canceled").touch()
+        worker = _read_json(folder / "worker.json")
+        if worker is None:
+            return
+        _signal_group(worker["pid"], signal.SIGTERM)
+        deadline = time.monotonic() + TERMINATE_GRACE_SECONDS
+        while self._alive(run_id, worker["pid"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _signal_group(worker["pid"], signal.SIGKILL)
+        self._reap(run_id)
+
+    def has_capacity(self) -> bool:
+        return self.runs_in_flight() < self.max_runs
+
+    def runs_in_flight(self) -> int:
+        count = 0
+        for folder in self.workdir.iterdir():
+            worker = _read_json(folder / "worker.json")
+            if worker and not (folder / "exit.json").exists() \
+                    and self._alive(folder.name, worker["pid"]):
+                count += 1
+        return count
+
+    def _reap(self, run_id: str) -> None:
+        """Wait for a finished worker of ours, so it leaves no zombie and no Popen behind."""
+        child = self._workers.pop(run_id, None)
+        if child is not None:
+            child.wait(timeout=TERMINATE_GRACE_SECONDS)
+
+    def _alive(self, run_id: str, pid: int) -> bool:
+        child = self._workers.get(run_id)
+        if child is None:
+            return _process_runs(pid, str(self.workdir / run_id))
+        if child.poll() is None:  # poll() also reaps it, so it never lingers as a zombie
+            return True
+        del self._workers[run_id]
+        return False
+
+
+def _not_started(run_id: str, folder: Path) -> RunState:
+    if time.time() - folder.stat().st_mtime < START_TIMEOUT_SECONDS:
+        return RunState(run_id=run_id, phase="Pending")
+    return RunState(run_id=run_id, phase="Failed",
+                    message="the worker never started (the operator stopped while starting it)")
+
+
+def _process_runs(pid: int, folder: str) -> bool:
+    """Whether `pid` is still the worker of `folder` (not a recycled pid)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if not cmdline.exists():
+        return True
+    return folder in cmdline.read_bytes().decode(errors="replace").split("\0")
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    try:
+        os.killpg(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass  # already gone
+
+
+def steps_from_events(path: Path) -> list[StepStatus]:
+    """Step states from the progress events; a repeated step name starts a new entry."""
+    steps: list[StepStatus] = []
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line still being written
+        when = _time(event.get("time"))
+        if event["event"] == "started":
+            steps.append(StepStatus(name=event["step"], phase="Running", started_at=when))
+            continue
+        index = next((i for i in range(len(steps) - 1, -1, -1)
+                      if steps[i].name == event["step"] and steps[i].phase == "Running"), None)
+        finished = event["event"] == "finished"
+        update: dict[str, Any] = {"phase": "Succeeded" if finished else "Failed",
+                                  "finished_at": when, "message": event.get("message")}
+        if finished:
+            update["duration_seconds"] = round(float(event.get("seconds", 0.0)), 3)
+        if index is None:
+            steps.append(StepStatus(name=event["step"], **update))
+        else:
+            steps[index] = steps[index].model_copy(update=update)
+    return steps
+
+
+def _time(value: Any) -> datetime | None:
+    return datetime.fromtimestamp(float(value), UTC) if value is not None else None
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _write_json(path: Path, document: dict[str, Any]) -> None:
+    """Write-then-rename, so a reader never sees half a file."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(document), encoding="utf-8")
+    os.replace(partial, path)
+
+
+# ------------------------------------------------------------------------------ worker
+
+
+def run_worker(folder: Path) -> int:
+    """Run the pipeline of the request in `folder`; record how it ended in exit.json."""
+    request = json.loads((folder / "request.json").read_text(encoding="utf-8"))
+    module, _, function = request["runner"].partition(":")
+    runner = getattr(importlib.import_module(module), function)
+    outcome: dict[str, Any] = {"phase": "Succeeded"}
+    try:
+        runner(CompressionJob.model_validate(request["job"]), request["output"],
+               folder / "work", folder / "events.jsonl")
+    except StepFailed as error:
+        outcome = {"phase": "Failed", "step": error.step, "message": error.problem}
+    except Exception as error:  # the worker's whole job is to report any failure
+        outcome = {"phase": "Failed", "message": f"{type(error).__name__}: {error}"}
+    _write_json(folder / "exit.json", {**outcome, "finishedAt": time.time()})
+    return 0 if outcome["phase"] == "Succeeded" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(run_worker(Path(sys.argv[1])))

@@ -1,0 +1,233 @@
+"""The controller: observe a job's run, reconcile, perform the actions, return the patch.
+
+This is the plumbing around the pure reconciler. It knows nothing about kopf (the handlers
+hand it a `JobView` and an event sink, and apply the status patch it returns), so it is
+tested with a fake backend and plain callables.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from modelpress.api import CompressionStatus, Results, StepStatus
+from modelpress.errors import ModelpressError
+from modelpress.operator import promotion
+from modelpress.operator.backends.base import Backend, BackendError, RunState
+from modelpress.operator.metrics import JobKey, OperatorMetrics
+from modelpress.operator.reconcile import (
+    TERMINAL_PHASES,
+    Action,
+    Config,
+    EmitEvent,
+    JobView,
+    Observation,
+    Promote,
+    RunResults,
+    SubmitRun,
+    TerminateRun,
+    finalize,
+    output_of,
+    reconcile,
+    transition_events,
+    validate,
+)
+from modelpress.operator.status import (
+    parse_status,
+    promoted,
+    promotion_failed,
+    status_patch,
+    submit_failed,
+    submitted,
+)
+from modelpress.store import open_store
+
+EventSink = Callable[[str, str, str], None]  # (type, reason, message)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def view_of(body: Mapping[str, Any]) -> JobView:
+    """A JobView of a CompressionJob body as kopf (or the API) gives it."""
+    metadata = body.get("metadata", {})
+    return JobView(namespace=metadata.get("namespace", "default"), name=metadata["name"],
+                   uid=metadata.get("uid", ""), generation=int(metadata.get("generation", 1)),
+                   resource_version=str(metadata.get("resourceVersion", "")),
+                   spec=dict(body.get("spec") or {}), status=dict(body.get("status") or {}),
+                   annotations=dict(metadata.get("annotations") or {}))
+
+
+def read_results(output: str) -> RunResults:
+    """results.json from a run's output store (what the report step publishes last)."""
+    with tempfile.TemporaryDirectory(prefix="modelpress-results-") as scratch:
+        local = open_store(output).get_file("results.json", Path(scratch) / "results.json")
+        document = json.loads(local.read_text(encoding="utf-8"))
+    return RunResults(results=Results.model_validate(document["results"]),
+                      artifacts=dict(document.get("artifacts", {})),
+                      steps=[StepStatus.model_validate(s) for s in document.get("steps", [])])
+
+
+class Controller:
+    def __init__(self, backend: Backend, config: Config, metrics: OperatorMetrics, *,
+                 results_reader: Callable[[str], RunResults] = read_results,
+                 kserve_api: Any = None,
+                 copier: Callable[[str, str], None] = promotion.copy_to_target,
+                 clock: Callable[[], datetime] = utc_now) -> None:
+        self.backend = backend
+        self.config = config
+        self.metrics = metrics
+        self._read_results = results_reader
+        self._kserve_api = kserve_api
+        self._copy = copier
+        self._clock = clock
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        # Admission (capacity check + submit) is one critical section across all jobs.
+        self._admission = threading.Lock()
+        # The status last written for each job (by uid), and the resourceVersion of the
+        # body it was computed from. kopf's view of an object lags behind a patch until
+        # the watch delivers it; a body we already acted on is stale, so the status
+        # written then is the one to continue from (no run submitted twice, no event
+        # repeated).
+        self._written: dict[str, tuple[str, dict[str, Any]]] = {}
+
+    def sync(self, job: JobView, emit: EventSink) -> dict[str, Any]:
+        """Bring `job` one step closer to done; the status merge patch ({} when unchanged)."""
+        with self._lock_for(job.uid):
+            current = self._freshest(job)
+            before = parse_status(current.status)
+            if before.run_id is None:
+                with self._admission:
+                    after = self._step(current, emit)
+            else:
+                after = self._step(current, emit)
+            self.metrics.record(self._key(job), before, after)
+            self._written[job.uid] = (job.resource_version, after.to_wire())
+            return status_patch(job.status, after)
+
+    def delete(self, job: JobView, emit: EventSink) -> None:
+        """The finalizer: terminate a run still in flight, drop the job's metric series."""
+        with self._lock_for(job.uid):
+            job = self._freshest(job)
+            status = parse_status(job.status)
+            for action in finalize(job):
+                self._perform(action, status, job, emit)
+            self.metrics.forget(self._key(job))
+            self._written.pop(job.uid, None)
+        with self._locks_guard:
+            self._locks.pop(job.uid, None)
+
+    def record_error(self, job: JobView, error: BaseException) -> None:
+        self.metrics.reconcile_error(job.namespace, error)
+
+    # ----------------------------------------------------------------------- internals
+
+    def _step(self, job: JobView, emit: EventSink) -> CompressionStatus:
+        decision = reconcile(job, self._observe(job), self.config)
+        status = decision.status
+        for action in decision.actions:
+            status = self._perform(action, status, job, emit)
+        return status
+
+    def _observe(self, job: JobView) -> Observation:
+        now = self._clock()
+        status = parse_status(job.status)
+        if status.run_id is None:
+            return self._observe_capacity(now)
+        if status.phase in TERMINAL_PHASES:
+            return Observation(now=now)
+        try:
+            run = self.backend.poll(status.run_id)
+        except BackendError as error:
+            return Observation(now=now, backend_error=str(error))
+        if run.phase != "Succeeded":
+            return Observation(now=now, run=run)
+        output = status.artifacts.get("output") or self._output_from_spec(job)
+        return self._observe_results(now, run, output)
+
+    def _observe_capacity(self, now: datetime) -> Observation:
+        try:
+            return Observation(now=now, slot_free=self.backend.has_capacity())
+        except BackendError as error:
+            return Observation(now=now, slot_free=False, backend_error=str(error))
+
+    def _observe_results(self, now: datetime, run: RunState, output: str | None) -> Observation:
+        if output is None:
+            return Observation(now=now, run=run, results_error="the status names no output")
+        try:
+            return Observation(now=now, run=run, results=self._read_results(output))
+        except (ModelpressError, OSError, ValueError, KeyError, ValidationError) as error:
+            return Observation(now=now, run=run,
+                               results_error=f"its results.json could not be read: {error}")
+
+    def _perform(self, action: Action, status: CompressionStatus, job: JobView,
+                 emit: EventSink) -> CompressionStatus:
+        if isinstance(action, EmitEvent):
+            emit(action.type, action.reason, action.message)
+            return status
+        if isinstance(action, TerminateRun):
+            self.backend.terminate(action.run_id)
+            emit("Normal", "Terminated", f"run {action.run_id} terminated: the job was deleted")
+            return status
+        if isinstance(action, SubmitRun):
+            after = self._submit(action, status, job)
+        else:
+            after = self._promotion_outcome(action, status, job)
+        for event in transition_events(status, after):
+            emit(event.type, event.reason, event.message)
+        return after
+
+    def _submit(self, action: SubmitRun, status: CompressionStatus,
+                job: JobView) -> CompressionStatus:
+        try:
+            run_id = self.backend.submit(action.request)
+        except BackendError as error:
+            self.record_error(job, error)
+            return submit_failed(status, str(error), self._clock())
+        return submitted(status, run_id, self.backend.name, self._clock())
+
+    def _promotion_outcome(self, action: Promote, status: CompressionStatus,
+                           job: JobView) -> CompressionStatus:
+        try:
+            self._promote(action, job.namespace)
+        except Exception as error:  # any failure of the copy or patch is reported, retried
+            self.record_error(job, error)
+            return promotion_failed(status, str(error) or type(error).__name__, self._clock())
+        return promoted(status, action.target, action.inference_service, self._clock())
+
+    def _promote(self, action: Promote, namespace: str) -> None:
+        if action.target:
+            self._copy(action.output, action.target)
+        if action.inference_service:
+            service_namespace, _, name = action.inference_service.rpartition("/")
+            promotion.patch_inference_service(self._kserve_api, service_namespace or namespace,
+                                              name, action.target or action.output)
+
+    def _output_from_spec(self, job: JobView) -> str | None:
+        parsed = validate(job)
+        return None if isinstance(parsed, str) else output_of(parsed, self.config)
+
+    def _freshest(self, job: JobView) -> JobView:
+        written = self._written.get(job.uid)
+        if written is None or written[0] != job.resource_version:
+            return job
+        return replace(job, status=written[1])
+
+    def _lock_for(self, uid: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(uid, threading.Lock())
+
+    @staticmethod
+    def _key(job: JobView) -> JobKey:
+        model = job.spec.get("model") if isinstance(job.spec.get("model"), Mapping) else {}
+        return JobKey(job.namespace, job.name, str((model or {}).get("uri", "")))

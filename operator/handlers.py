@@ -1,0 +1,86 @@
+"""kopf handlers: each hands the job to the controller and applies the status it returns.
+
+create, resume (an operator restart), an edit of `spec.promotion`, and a polling timer all
+do the same thing, a sync; the controller keeps them from racing. Deleting a job runs the
+finalizer. The controller comes through kopf's `memo` (see main.run_operator).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import kopf
+
+from modelpress.api import API_GROUP, API_VERSION
+from modelpress.crd import PLURAL
+from modelpress.operator.config import OperatorSettings
+from modelpress.operator.controller import Controller, EventSink, view_of
+from modelpress.operator.reconcile import JobView
+
+# Read once at import: kopf needs the interval when the timer is declared.
+POLL_SECONDS = OperatorSettings().poll_interval_seconds
+RETRY_SECONDS = 10.0
+KOPF_PREFIX = f"kopf.{API_GROUP}"
+T = TypeVar("T")
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """Progress in annotations of kopf's own prefix (the status belongs to the job, and
+    modelpress.io/ annotations to the user), our finalizer name, and only warnings of
+    kopf's own log turned into Events (ours are explicit)."""
+    settings.persistence.finalizer = f"{API_GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=KOPF_PREFIX, key="last-handled-configuration")
+    settings.posting.level = logging.WARNING
+
+
+@kopf.on.create(API_GROUP, API_VERSION, PLURAL)
+@kopf.on.resume(API_GROUP, API_VERSION, PLURAL)
+@kopf.on.update(API_GROUP, API_VERSION, PLURAL, field="spec.promotion")
+def sync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    _sync(memo.controller, body, patch)
+
+
+def _unsettled(status: kopf.Status, **_: Any) -> bool:
+    """Only a job in flight, or one whose promotion is unfinished, changes on its own."""
+    promotion = status.get("promotion") or {}
+    return status.get("phase") not in ("Succeeded", "Failed") \
+        or promotion.get("decision") == "Pending"
+
+
+@kopf.timer(API_GROUP, API_VERSION, PLURAL, interval=POLL_SECONDS, initial_delay=POLL_SECONDS,
+            when=_unsettled)
+def poll(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    _sync(memo.controller, body, patch)
+
+
+@kopf.on.delete(API_GROUP, API_VERSION, PLURAL)
+def finalize(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    job = view_of(body)
+    _counted(memo.controller, job, lambda: memo.controller.delete(job, _events_of(body)))
+
+
+def _sync(controller: Controller, body: kopf.Body, patch: kopf.Patch) -> None:
+    job = view_of(body)
+    patch.status.update(_counted(controller, job,
+                                 lambda: controller.sync(job, _events_of(body))))
+
+
+def _counted(controller: Controller, job: JobView, work: Callable[[], T]) -> T:
+    """Run `work`; an error is counted in the metrics, then kopf retries the handler."""
+    try:
+        return work()
+    except Exception as error:
+        controller.record_error(job, error)
+        raise kopf.TemporaryError(f"reconcile failed: {error}", delay=RETRY_SECONDS) from error
+
+
+def _events_of(body: kopf.Body) -> EventSink:
+    def emit(type_: str, reason: str, message: str) -> None:
+        kopf.event(body, type=type_, reason=reason, message=message)
+
+    return emit

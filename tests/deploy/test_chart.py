@@ -1,0 +1,222 @@
+"""The Helm chart: lints, renders, validates against Kubernetes' schemas, and deploys the
+operator hardened and with least privilege."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import helm_python as helm
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from deploy_chart import (
+    CHART,
+    CUSTOM_SCHEMAS,
+    KUBERNETES_VERSIONS,
+    NAMESPACE,
+    VALUES,
+    by_kind,
+    render,
+)
+from deploy_promql import DASHBOARDS, RULES
+
+from modelpress.operator.config import OperatorSettings
+from modelpress.settings import Settings
+
+WARNING = 2  # helm lint's severities: 1 info, 2 warning, 3 error
+
+
+@pytest.fixture(scope="module", params=sorted(VALUES))
+def values_name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def manifests(values_name: str) -> list[dict[str, Any]]:
+    return render(VALUES[values_name])
+
+
+def operator_container(manifests: list[dict[str, Any]]) -> dict[str, Any]:
+    [deployment] = by_kind(manifests, "Deployment")
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    return dict(container)
+
+
+def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {variable["name"]: variable for variable in container["env"]}
+
+
+@pytest.mark.parametrize("kube_version", KUBERNETES_VERSIONS)
+def test_chart_lints_clean(values_name: str, kube_version: str) -> None:
+    report = helm.lint(CHART, VALUES[values_name], strict=True, namespace=NAMESPACE,
+                       kube_version=f"v{kube_version}")
+    problems = [m for m in report["messages"] if m["severity"] >= WARNING]
+    assert report["total_charts_linted"] == 1
+    assert not report["errors"] and not problems, report
+
+
+def test_renders_what_each_values_file_enables(values_name: str,
+                                               manifests: list[dict[str, Any]]) -> None:
+    kinds = sorted(document["kind"] for document in manifests)
+    expected = {
+        "default": ["CustomResourceDefinition", "Deployment", "Role", "RoleBinding",
+                    "Service", "ServiceAccount"],
+        "kfp-gpu": ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "ConfigMap",
+                    "ConfigMap", "CustomResourceDefinition", "Deployment", "PrometheusRule",
+                    "Service", "ServiceAccount", "ServiceMonitor"],
+    }
+    assert kinds == expected[values_name]
+
+
+@pytest.mark.parametrize("kube_version", KUBERNETES_VERSIONS)
+def test_every_manifest_passes_strict_validation(manifests: list[dict[str, Any]],
+                                                 kube_version: str) -> None:
+    """Built-in kinds (and the CRD itself) against Kubernetes' own schemas, strictly; the
+    Prometheus Operator's kinds against the schemas in deploy_chart."""
+    for document in manifests:
+        if document["kind"] in CUSTOM_SCHEMAS:
+            jsonschema.validate(document, CUSTOM_SCHEMAS[document["kind"]])
+            continue
+        try:
+            kubernetes_validate.validate(document, kube_version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            pytest.fail(f"{document['kind']} {document['metadata']['name']} on "
+                        f"{kube_version}: {error.message} at {list(error.absolute_path)}")
+
+
+def test_rendered_prometheus_rule_is_the_rule_file(tmp_path: Path) -> None:
+    [rule] = by_kind(render(VALUES["kfp-gpu"]), "PrometheusRule")
+    assert rule["spec"] == yaml.safe_load(RULES.read_text(encoding="utf-8"))
+    rendered = tmp_path / "rendered.rules.yaml"
+    rendered.write_text(yaml.safe_dump(rule["spec"]), encoding="utf-8")
+    checked = subprocess.run(["promtool", "check", "rules", str(rendered)],
+                             capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_dashboard_configmaps_carry_the_generated_dashboards() -> None:
+    configmaps = by_kind(render(VALUES["kfp-gpu"]), "ConfigMap")
+    shipped = {key: json.loads(text) for configmap in configmaps
+               for key, text in configmap["data"].items()}
+    assert shipped == {f"modelpress-{path.stem}.json": json.loads(path.read_text())
+                       for path in DASHBOARDS.glob("*.json")}
+    assert all(configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+               for configmap in configmaps)
+
+
+def test_deployment_probes_the_operator_endpoints(manifests: list[dict[str, Any]]) -> None:
+    container = operator_container(manifests)
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    liveness = urlparse(env_of(container)["MODELPRESS_LIVENESS_ENDPOINT"]["value"])
+    assert f"--metrics-port={ports['metrics']}" in container["args"]
+    assert (liveness.port, liveness.path) == (ports["healthz"], "/healthz")
+    for probe in ("startupProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/metrics", "port": "metrics"}
+
+
+def test_deployment_is_hardened(manifests: list[dict[str, Any]]) -> None:
+    [deployment] = by_kind(manifests, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    container = operator_container(manifests)
+    security = container["securityContext"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert security["runAsNonRoot"] is True
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+    assert "memory" in container["resources"]["limits"]
+    writable = {mount["mountPath"] for mount in container["volumeMounts"]}
+    assert "/tmp" in writable and env_of(container)["HOME"]["value"] == "/tmp"
+    # kopf runs standalone: never two operators at once, not even during a rollout.
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_the_local_backend_runs_in_the_step_image(manifests: list[dict[str, Any]],
+                                                  values_name: str) -> None:
+    container = operator_container(manifests)
+    backend = VALUES[values_name].get("backend", "local")
+    image = "ghcr.io/modelpress/step:0.1.0" if backend == "local" \
+        else "ghcr.io/modelpress/operator:0.1.0"
+    assert container["image"] == image
+    assert f"--backend={backend}" in container["args"]
+
+
+def test_every_setting_the_chart_sets_exists(manifests: list[dict[str, Any]]) -> None:
+    """A MODELPRESS_* variable the settings do not define would be silently ignored."""
+    known = {f"MODELPRESS_{name.upper()}"
+             for model in (OperatorSettings, Settings) for name in model.model_fields}
+    names = set(env_of(operator_container(manifests)))
+    assert {name for name in names if name.startswith("MODELPRESS_")} <= known
+
+
+def test_credentials_come_only_from_an_existing_secret() -> None:
+    manifests = render({"s3": {"credentials": {"existingSecret": "minio-creds"}}})
+    assert not by_kind(manifests, "Secret")
+    env = env_of(operator_container(manifests))
+    for name, key in (("AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"),
+                      ("AWS_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY")):
+        assert env[name] == {"name": name, "valueFrom": {"secretKeyRef": {
+            "name": "minio-creds", "key": key}}}
+
+
+def test_no_credential_is_a_literal_value(manifests: list[dict[str, Any]]) -> None:
+    assert not by_kind(manifests, "Secret")
+    for name, variable in env_of(operator_container(manifests)).items():
+        if any(word in name for word in ("KEY", "SECRET", "PASSWORD", "TOKEN")):
+            assert "value" not in variable, name
+
+
+def _rules(manifests: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    [role] = [d for d in manifests if d["kind"] in ("Role", "ClusterRole")]
+    return {(group, resource, verb) for rule in role["rules"]
+            for group in rule["apiGroups"] for resource in rule["resources"]
+            for verb in rule["verbs"]}
+
+
+OPERATOR_RULES = {
+    ("modelpress.io", "compressionjobs", "get"), ("modelpress.io", "compressionjobs", "list"),
+    ("modelpress.io", "compressionjobs", "watch"), ("modelpress.io", "compressionjobs", "patch"),
+    ("modelpress.io", "compressionjobs/status", "patch"),
+    ("", "events", "create"),
+}
+KSERVE_RULES = {("serving.kserve.io", "inferenceservices", "get"),
+                ("serving.kserve.io", "inferenceservices", "patch")}
+
+
+@pytest.mark.parametrize(("values", "kind", "rules"), [
+    ({}, "Role", OPERATOR_RULES),
+    ({"promotion": {"kserve": {"enabled": True}}}, "Role", OPERATOR_RULES | KSERVE_RULES),
+    ({"watch": {"allNamespaces": True}}, "ClusterRole", OPERATOR_RULES),
+    (VALUES["kfp-gpu"], "ClusterRole", OPERATOR_RULES | KSERVE_RULES),
+], ids=["namespaced", "namespaced-kserve", "cluster-wide", "kfp-gpu"])
+def test_rbac_grants_exactly_what_the_operator_uses(values: dict[str, Any], kind: str,
+                                                    rules: set[tuple[str, str, str]]) -> None:
+    manifests = render(values)
+    [binding] = by_kind(manifests, f"{kind}Binding")
+    [account] = by_kind(manifests, "ServiceAccount")
+    assert _rules(manifests) == rules
+    assert binding["roleRef"]["kind"] == kind
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "namespace": NAMESPACE,
+                                    "name": account["metadata"]["name"]}]
+
+
+def test_namespaced_mode_is_bound_to_the_watched_namespace() -> None:
+    manifests = render({"watch": {"namespace": "ml-team"}})
+    [role] = by_kind(manifests, "Role")
+    [binding] = by_kind(manifests, "RoleBinding")
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "ml-team"
+    assert "--namespace=ml-team" in operator_container(manifests)["args"]
+
+
+def test_an_unknown_backend_fails_to_render() -> None:
+    with pytest.raises(helm.HelmRenderError, match="backend must be local or kfp"):
+        render({"backend": "kpf"})

@@ -1,0 +1,224 @@
+"""The controller around the reconciler, with a fake backend: submit once, follow, promote,
+queue at the cap, finalize."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pytest
+from opfixtures import CONFIG, NOW, OUTPUT, job, run_results, spec
+
+from modelpress.operator.backends.base import BackendError, RunRequest, RunState
+from modelpress.operator.controller import Controller, view_of
+from modelpress.operator.metrics import OperatorMetrics
+from modelpress.operator.reconcile import JobView, RunResults
+
+TARGET = "file:///models/digits/prod"
+
+
+@dataclass
+class FakeBackend:
+    name: str = "local"
+    capacity: int = 10
+    phase: str = "Running"
+    fail_with: str | None = None
+    submitted: list[RunRequest] = field(default_factory=list)
+    terminated: list[str] = field(default_factory=list)
+
+    def submit(self, request: RunRequest) -> str:
+        if self.fail_with:
+            raise BackendError(self.fail_with)
+        self.submitted.append(request)
+        return f"run-{len(self.submitted)}"
+
+    def poll(self, run_id: str) -> RunState:
+        if self.fail_with:
+            raise BackendError(self.fail_with)
+        return RunState(run_id=run_id, phase=self.phase)  # type: ignore[arg-type]
+
+    def terminate(self, run_id: str) -> None:
+        self.terminated.append(run_id)
+
+    def has_capacity(self) -> bool:
+        in_flight = len(self.submitted) - len(self.terminated)
+        return in_flight < self.capacity
+
+
+@dataclass
+class Events:
+    seen: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def __call__(self, type_: str, reason: str, message: str) -> None:
+        self.seen.append((type_, reason, message))
+
+    def reasons(self) -> list[str]:
+        return [reason for _, reason, _ in self.seen]
+
+
+@dataclass
+class Copier:
+    fail_with: str | None = None
+    copies: list[tuple[str, str]] = field(default_factory=list)
+
+    def __call__(self, output: str, target: str) -> None:
+        if self.fail_with:
+            raise OSError(self.fail_with)
+        self.copies.append((output, target))
+
+
+def _controller(backend: FakeBackend, copier: Copier | None = None,
+                results: RunResults | None = None) -> Controller:
+    return Controller(backend, CONFIG, OperatorMetrics(),  # type: ignore[arg-type]
+                      results_reader=lambda output: results or run_results(),
+                      copier=copier or Copier(), clock=lambda: NOW)
+
+
+def _apply(view: JobView, patch: dict[str, Any]) -> JobView:
+    """The job as the API server holds it after the status patch (a new resourceVersion)."""
+    status = {**(view.status or {}), **patch}
+    status = {key: value for key, value in status.items() if value is not None}
+    return replace(view, status=status, resource_version=str(int(view.resource_version or 0) + 1))
+
+
+def test_create_submits_and_records_the_run() -> None:
+    backend, events = FakeBackend(), Events()
+    patch = _controller(backend).sync(job(), events)
+    assert patch["runId"] == "run-1" and patch["backend"] == "local"
+    assert patch["phase"] == "Pending"
+    assert patch["artifacts"] == {"output": "file:///outputs/ml/digits"}
+    assert "Submitted" in events.reasons()
+    assert len(backend.submitted) == 1
+
+
+def test_a_stale_body_continues_from_the_status_written_last() -> None:
+    backend, events = FakeBackend(), Events()
+    controller = _controller(backend)
+    controller.sync(job(), events)
+    controller.sync(job(), events)  # kopf has not seen the status patch yet: same body
+    assert len(backend.submitted) == 1
+    assert events.reasons().count("Submitted") == 1
+    assert [r for r in events.reasons() if r == "Running"] == ["Running"]
+
+
+def test_a_restarted_operator_resumes_from_the_status() -> None:
+    backend = FakeBackend()
+    view = _apply(job(), _controller(backend).sync(job(), Events()))
+    restarted = _controller(backend)
+    patch = restarted.sync(view, Events())
+    assert len(backend.submitted) == 1
+    assert patch["phase"] == "Running"
+
+
+def test_submit_failure_is_reported_and_retried() -> None:
+    backend, events = FakeBackend(fail_with="KFP API unreachable"), Events()
+    controller = _controller(backend)
+    view = _apply(job(), controller.sync(job(), events))
+    assert "runId" not in (view.status or {})
+    assert ("Warning", "SubmitFailed") in {(t, r) for t, r, _ in events.seen}
+    assert controller.metrics.registry.get_sample_value(
+        "modelpress_reconcile_errors_total", {"namespace": "ml", "error": "BackendError"}) == 1
+    backend.fail_with = None
+    patch = controller.sync(view, events)
+    assert patch["runId"] == "run-1"
+
+
+def test_jobs_beyond_the_cap_are_queued_until_a_slot_frees() -> None:
+    backend = FakeBackend(capacity=1)
+    controller = _controller(backend)
+    first = job()
+    second = JobView("ml", "other", "uid-2", 1, spec(), {})
+    first = _apply(first, controller.sync(first, Events()))
+    queued = controller.sync(second, Events())
+    assert any(c["reason"] == "Queued" for c in queued["conditions"])
+    assert len(backend.submitted) == 1
+    backend.phase = "Succeeded"
+    controller.sync(first, Events())
+    backend.terminated.append("run-1")  # the finished run no longer holds a slot
+    assert controller.sync(_apply(second, queued), Events())["runId"] == "run-2"
+
+
+def test_backend_outage_is_visible_and_recovers() -> None:
+    backend = FakeBackend()
+    controller = _controller(backend)
+    view = _apply(job(), controller.sync(job(), Events()))
+    view = _apply(view, controller.sync(view, Events()))
+    backend.fail_with = "503 Service Unavailable"
+    events = Events()
+    view = _apply(view, controller.sync(view, events))
+    assert view.status is not None and view.status["phase"] == "Running"
+    assert events.seen == [("Warning", "BackendUnavailable", "503 Service Unavailable")]
+    backend.fail_with = None
+    patch = controller.sync(view, Events())
+    assert [c["reason"] for c in patch["conditions"] if c["type"] == "Succeeded"] == ["Running"]
+
+
+def _finished_job(promotion: dict[str, Any]) -> tuple[JobView, FakeBackend]:
+    backend = FakeBackend(phase="Succeeded")
+    view = job(spec(**promotion))
+    return view, backend
+
+
+def test_success_promotes_by_copying_to_the_target() -> None:
+    view, backend = _finished_job({"gates": {"minCompressionRatio": 3.5}, "target": TARGET})
+    copier, events = Copier(), Events()
+    controller = _controller(backend, copier)
+    view = _apply(view, controller.sync(view, Events()))
+    view = _apply(view, controller.sync(view, events))
+    assert copier.copies == [(OUTPUT, TARGET)]
+    assert view.status is not None
+    assert view.status["phase"] == "Succeeded"
+    assert view.status["promotion"]["decision"] == "Promoted"
+    assert view.status["promotion"]["promotedUri"] == TARGET
+    assert {"RunSucceeded", "Promoted"} <= set(events.reasons())
+    assert controller.sync(view, Events()) == {}  # settled: nothing more to write
+    assert len(copier.copies) == 1
+
+
+def test_failed_copy_keeps_the_decision_pending_and_retries() -> None:
+    view, backend = _finished_job({"target": TARGET})
+    copier = Copier(fail_with="bucket not found")
+    controller = _controller(backend, copier)
+    view = _apply(view, controller.sync(view, Events()))
+    events = Events()
+    view = _apply(view, controller.sync(view, events))
+    assert view.status is not None and view.status["promotion"]["decision"] == "Pending"
+    assert ("Warning", "PromotionFailed") in {(t, r) for t, r, _ in events.seen}
+    copier.fail_with = None
+    view = _apply(view, controller.sync(view, Events()))
+    assert view.status is not None and view.status["promotion"]["decision"] == "Promoted"
+
+
+def test_rejected_job_copies_nothing() -> None:
+    view, backend = _finished_job({"gates": {"minCompressionRatio": 50}, "target": TARGET})
+    copier, events = Copier(), Events()
+    controller = _controller(backend, copier)
+    view = _apply(view, controller.sync(view, Events()))
+    view = _apply(view, controller.sync(view, events))
+    assert copier.copies == []
+    assert view.status is not None and view.status["promotion"]["decision"] == "Rejected"
+    assert ("Warning", "GatesFailed") in {(t, r) for t, r, _ in events.seen}
+
+
+@pytest.mark.parametrize(("phase", "terminated"), [("Running", ["run-1"]),
+                                                   ("Succeeded", [])])
+def test_delete_terminates_only_runs_in_flight(phase: str, terminated: list[str]) -> None:
+    backend = FakeBackend(phase=phase)
+    controller = _controller(backend)
+    view = _apply(job(), controller.sync(job(), Events()))
+    view = _apply(view, controller.sync(view, Events()))
+    events = Events()
+    controller.delete(view, events)
+    assert backend.terminated == terminated
+    assert ("Terminated" in events.reasons()) == bool(terminated)
+    assert controller.metrics.registry.get_sample_value(
+        "modelpress_jobs", {"namespace": "ml", "phase": phase}) is None
+
+
+def test_view_of_a_kopf_body() -> None:
+    body = {"metadata": {"name": "digits", "namespace": "ml", "uid": "u", "generation": 4,
+                         "annotations": {"a": "b"}},
+            "spec": spec(), "status": {"phase": "Running"}}
+    view = view_of(body)
+    assert (view.namespace, view.name, view.uid, view.generation) == ("ml", "digits", "u", 4)
+    assert view.status == {"phase": "Running"} and view.annotations == {"a": "b"}

@@ -1,0 +1,54 @@
+"""`modelpress operator` options: bad ones fail before anything starts; the backends and the
+watched namespace come from the settings and the kubeconfig."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from modelpress.errors import InvalidInput
+from modelpress.operator.backends.kfp import KfpBackend
+from modelpress.operator.backends.local import LocalBackend
+from modelpress.operator.config import OperatorSettings
+from modelpress.operator.main import current_namespace, make_backend, run_operator
+
+
+@pytest.mark.parametrize(("backend", "namespace", "all_namespaces", "where"), [
+    ("local", "ml", True, "--namespace/--all-namespaces"),
+    ("argo", None, False, "--backend"),
+])
+def test_bad_options_are_invalid_input(backend: str, namespace: str | None,
+                                       all_namespaces: bool, where: str) -> None:
+    with pytest.raises(InvalidInput) as raised:
+        run_operator(backend, namespace, all_namespaces, metrics_port=0)
+    assert raised.value.where == where
+
+
+def test_backends_follow_the_settings(tmp_path: Path) -> None:
+    settings = OperatorSettings(local_workdir=tmp_path / "runs", max_runs_in_flight=3,
+                                kfp_host="http://kfp.example:8888", kfp_experiment="team")
+    local = make_backend("local", settings)
+    assert isinstance(local, LocalBackend) and local.max_runs == 3
+    kfp = make_backend("kfp", settings)
+    assert isinstance(kfp, KfpBackend)
+    assert (kfp.host, kfp.experiment, kfp.max_runs) == ("http://kfp.example:8888", "team", 3)
+
+
+@pytest.mark.parametrize(("context", "expected"), [
+    ({"cluster": "c", "user": "u", "namespace": "ml-team"}, "ml-team"),
+    ({"cluster": "c", "user": "u"}, "default"),
+])
+def test_the_kubeconfig_context_names_the_namespace(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    context: dict[str, str],
+                                                    expected: str) -> None:
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "here",
+        "clusters": [{"name": "c", "cluster": {"server": "http://127.0.0.1:1"}}],
+        "users": [{"name": "u", "user": {}}],
+        "contexts": [{"name": "here", "context": context}]}))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    assert current_namespace() == expected

@@ -1,0 +1,344 @@
+"""The reconciler, table-style: (status before, observation) -> (status after, actions)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from opfixtures import (
+    CONFIG,
+    EARLIER,
+    NOW,
+    OUTPUT,
+    condition,
+    in_flight,
+    job,
+    run,
+    run_results,
+    spec,
+    succeeded,
+)
+
+from modelpress.api import StepStatus
+from modelpress.operator.reconcile import (
+    Config,
+    EmitEvent,
+    Observation,
+    Promote,
+    SubmitRun,
+    finalize,
+    reconcile,
+    transition_events,
+)
+from modelpress.operator.status import find_condition
+
+
+def _reason(decision_status: Any, type_: str = "Succeeded") -> str | None:
+    found = find_condition(decision_status, type_)
+    return found.reason if found else None
+
+
+def _kinds(actions: list[Any]) -> list[str]:
+    return [type(action).__name__ for action in actions if not isinstance(action, EmitEvent)]
+
+
+def _bad_sparsity() -> dict[str, Any]:
+    value = spec()
+    value["steps"][0]["prune"]["sparsity"] = 1.5
+    return value
+
+
+PHASES = [
+    # id, spec, status before, observation, phase after, Succeeded reason after, actions
+    pytest.param(None, {}, Observation(NOW), "Pending", None, ["SubmitRun"],
+                 id="new-job-is-submitted"),
+    pytest.param(None, {}, Observation(NOW, slot_free=False), "Pending", "Queued", [],
+                 id="new-job-queued-at-cap"),
+    pytest.param(None, {"phase": "Pending", "conditions": [
+                     condition("Succeeded", "Unknown", "Queued")]},
+                 Observation(NOW), "Pending", "Queued", ["SubmitRun"],
+                 id="queued-job-submitted-when-slot-frees"),
+    pytest.param(None, {}, Observation(NOW, slot_free=False, backend_error="refused"),
+                 "Pending", "BackendUnavailable", [], id="capacity-unknown-backend-down"),
+    pytest.param(_bad_sparsity(), {}, Observation(NOW), "Failed", "InvalidSpec", [],
+                 id="invalid-spec-fails"),
+    pytest.param(spec(condition="results.compressionRatio >>"), {}, Observation(NOW),
+                 "Failed", "InvalidSpec", [], id="invalid-cel-fails-before-running"),
+    pytest.param(None, in_flight("Pending"), Observation(NOW, run=run("Pending")),
+                 "Pending", "Submitted", [], id="submitted-run-waiting"),
+    pytest.param(None, in_flight("Pending"), Observation(NOW, run=run("Pending"),
+                                                         slot_free=True),
+                 "Pending", "Submitted", [], id="run-id-present-never-resubmits"),
+    pytest.param(None, in_flight("Pending"), Observation(NOW, run=run("Running")),
+                 "Running", "Running", [], id="pending-to-running"),
+    pytest.param(None, in_flight(), Observation(NOW, backend_error="connection refused"),
+                 "Running", "BackendUnavailable", [], id="backend-unreachable-keeps-phase"),
+    pytest.param(None, in_flight(), Observation(NOW, run=run("Succeeded"),
+                                                results=run_results()),
+                 "Succeeded", "RunSucceeded", [], id="running-to-succeeded"),
+    pytest.param(None, in_flight(), Observation(NOW, run=run("Succeeded"),
+                                                results_error="no results.json"),
+                 "Failed", "ResultsMissing", [], id="succeeded-without-results-fails"),
+    pytest.param(None, in_flight(), Observation(NOW, run=run(
+                     "Failed", failed_step="prune", message="sparsity too high")),
+                 "Failed", "StepFailed", [], id="failing-step-fails"),
+    pytest.param(None, in_flight(), Observation(NOW, run=run("Failed", message="OOMKilled")),
+                 "Failed", "RunFailed", [], id="failed-run-without-step"),
+    pytest.param(None, in_flight(), Observation(NOW, run=run("Canceled")),
+                 "Failed", "RunCanceled", [], id="canceled-outside-is-terminal"),
+    pytest.param(None, in_flight(), Observation(NOW, run=run("Lost")),
+                 "Failed", "RunLost", [], id="lost-run-fails"),
+    pytest.param(None, succeeded(), Observation(NOW), "Succeeded", "RunSucceeded", [],
+                 id="succeeded-stays"),
+    pytest.param(None, in_flight("Failed"), Observation(NOW), "Failed", "Submitted", [],
+                 id="failed-stays"),
+    pytest.param(_bad_sparsity(), in_flight(), Observation(NOW, run=run("Running")),
+                 "Running", "Running", [], id="spec-turned-invalid-mid-run-keeps-following"),
+]
+
+
+@pytest.mark.parametrize(("spec_", "before", "observed", "phase", "reason", "actions"), PHASES)
+def test_phase_transitions(spec_: dict[str, Any] | None, before: dict[str, Any],
+                           observed: Observation, phase: str, reason: str | None,
+                           actions: list[str]) -> None:
+    decision = reconcile(job(spec_, before), observed, CONFIG)
+    assert decision.status.phase == phase
+    assert _reason(decision.status) == reason
+    assert _kinds(decision.actions) == actions
+    assert decision.status.observed_generation == 1
+
+
+def test_submit_names_the_job_uid_output_and_plans_every_step() -> None:
+    decision = reconcile(job(), Observation(NOW), CONFIG)
+    (submit,) = [a for a in decision.actions if isinstance(a, SubmitRun)]
+    assert submit.request.key == "uid-1"
+    assert submit.request.output == "file:///outputs/ml/digits"
+    assert submit.request.job.metadata.name == "digits"
+    assert decision.status.artifacts == {"output": "file:///outputs/ml/digits"}
+    assert [s.name for s in decision.status.steps] == [
+        "fetch", "prune", "quantize", "validate", "benchmark-cpu", "report"]
+    assert {s.phase for s in decision.status.steps} == {"Pending"}
+    assert decision.status.promotion is not None
+    assert decision.status.promotion.decision == "Pending"
+
+
+def test_spec_output_wins_over_the_default() -> None:
+    value = spec()
+    value["output"] = "s3://bucket/mine/"
+    decision = reconcile(job(value), Observation(NOW), CONFIG)
+    (submit,) = [a for a in decision.actions if isinstance(a, SubmitRun)]
+    assert submit.request.output == "s3://bucket/mine/"
+
+
+def test_invalid_spec_names_the_field_and_rejects_promotion() -> None:
+    decision = reconcile(job(_bad_sparsity()), Observation(NOW), CONFIG)
+    failed = find_condition(decision.status, "Succeeded")
+    assert failed is not None and failed.status == "False"
+    assert failed.message.startswith("spec.steps[0].prune.sparsity: ")
+    assert decision.status.promotion is not None
+    assert decision.status.promotion.decision == "Rejected"
+    assert _reason(decision.status, "Promoted") == "InvalidSpec"
+    warnings = [a for a in decision.actions if isinstance(a, EmitEvent) and a.type == "Warning"]
+    assert any(a.reason == "InvalidSpec" and "spec.steps[0].prune.sparsity" in a.message
+               for a in warnings)
+
+
+def test_invalid_spec_fixed_by_an_edit_is_submitted() -> None:
+    failed = reconcile(job(_bad_sparsity()), Observation(NOW), CONFIG).status.to_wire()
+    decision = reconcile(job(spec(), failed, generation=2), Observation(NOW), CONFIG)
+    assert _kinds(decision.actions) == ["SubmitRun"]
+    assert decision.status.phase == "Pending"
+    assert decision.status.finished_at is None
+
+
+def test_failing_step_is_named_with_its_error() -> None:
+    steps = [StepStatus(name="fetch", phase="Succeeded", duration_seconds=1.0),
+             StepStatus(name="prune", phase="Failed", message="sparsity too high")]
+    before = in_flight(steps=[{"name": n, "phase": "Pending"} for n in
+                              ("fetch", "prune", "quantize", "validate", "benchmark-cpu",
+                               "report")])
+    observed = Observation(NOW, run=run("Failed", failed_step="prune",
+                                        message="sparsity too high", steps=steps))
+    decision = reconcile(job(status=before), observed, CONFIG)
+    message = find_condition(decision.status, "Succeeded").message  # type: ignore[union-attr]
+    assert message == "step prune failed: sparsity too high"
+    phases = {s.name: s.phase for s in decision.status.steps}
+    assert phases == {"fetch": "Succeeded", "prune": "Failed", "quantize": "Skipped",
+                      "validate": "Skipped", "benchmark-cpu": "Skipped", "report": "Skipped"}
+    assert decision.status.finished_at == NOW
+
+
+def test_running_names_the_running_step_and_keeps_its_start() -> None:
+    steps = [StepStatus(name="fetch", phase="Succeeded"), StepStatus(name="prune",
+                                                                     phase="Running")]
+    decision = reconcile(job(status=in_flight()), Observation(NOW, run=run("Running",
+                                                                           steps=steps)),
+                         CONFIG)
+    assert find_condition(decision.status, "Succeeded").message == "running prune"  # type: ignore[union-attr]
+    assert decision.status.started_at == EARLIER
+
+
+def test_success_fills_results_steps_and_artifacts() -> None:
+    found = run_results()
+    decision = reconcile(job(status=in_flight()),
+                         Observation(NOW, run=run("Succeeded", finished_at=NOW), results=found),
+                         CONFIG)
+    assert decision.status.results == found.results
+    assert decision.status.steps == found.steps
+    assert decision.status.artifacts == {"output": OUTPUT, **found.artifacts}
+    assert decision.status.finished_at == NOW
+    assert "compression ratio 4x" in find_condition(decision.status,  # type: ignore[union-attr]
+                                                    "Succeeded").message
+
+
+def test_generation_is_observed_even_without_change() -> None:
+    decision = reconcile(job(status=succeeded(), generation=3), Observation(NOW), CONFIG)
+    assert decision.status.observed_generation == 3
+
+
+# --------------------------------------------------------------------------- promotion
+
+GATES_FAIL = {"gates": {"minCompressionRatio": 10.0}}
+TARGET = "file:///models/digits/production"
+
+PROMOTIONS = [
+    # id, promotion spec, annotations, config, decision, Promoted reason, actions
+    pytest.param({}, {}, CONFIG, "Promoted", "GatesPassed", [], id="no-gates-no-target"),
+    pytest.param({"gates": {"minCompressionRatio": 3.5}, "target": TARGET}, {}, CONFIG,
+                 "Pending", "AwaitingResults", ["Promote"], id="gates-pass-copy-to-target"),
+    pytest.param(GATES_FAIL, {}, CONFIG, "Rejected", "GatesFailed", [],
+                 id="gates-fail-rejected"),
+    pytest.param({**GATES_FAIL, "target": TARGET}, {}, CONFIG, "Rejected", "GatesFailed", [],
+                 id="gates-fail-nothing-copied"),
+    pytest.param({"condition": "results.speedup.cpu >= 1.5"}, {}, CONFIG, "Promoted",
+                 "GatesPassed", [], id="cel-true"),
+    pytest.param({"condition": "results.speedup.cpu >= 5.0"}, {}, CONFIG, "Rejected",
+                 "GatesFailed", [], id="cel-false"),
+    pytest.param({}, {"modelpress.io/inference-service": "digits"},
+                 Config(default_output=CONFIG.default_output, kserve_enabled=True),
+                 "Pending", "AwaitingResults", ["Promote"], id="kserve-patch-when-enabled"),
+    pytest.param({}, {"modelpress.io/inference-service": "digits"}, CONFIG, "Promoted",
+                 "GatesPassed", [], id="kserve-annotation-ignored-when-disabled"),
+]
+
+
+@pytest.mark.parametrize(("promotion", "annotations", "config", "decision", "reason",
+                          "actions"), PROMOTIONS)
+def test_promotion_on_success(promotion: dict[str, Any], annotations: dict[str, str],
+                              config: Config, decision: str, reason: str,
+                              actions: list[str]) -> None:
+    observed = Observation(NOW, run=run("Succeeded"), results=run_results())
+    result = reconcile(job(spec(**promotion) if promotion else spec(gates={}), in_flight(),
+                           annotations=annotations), observed, config)
+    assert result.status.phase == "Succeeded"
+    assert result.status.promotion is not None
+    assert result.status.promotion.decision == decision
+    assert _reason(result.status, "Promoted") == reason
+    assert _kinds(result.actions) == actions
+
+
+def test_promote_action_carries_output_target_and_service() -> None:
+    observed = Observation(NOW, run=run("Succeeded"), results=run_results())
+    config = Config(default_output=CONFIG.default_output, kserve_enabled=True)
+    result = reconcile(job(spec(target=TARGET), in_flight(),
+                           annotations={"modelpress.io/inference-service": "serving/digits"}),
+                       observed, config)
+    (promote,) = [a for a in result.actions if isinstance(a, Promote)]
+    assert promote == Promote(output=OUTPUT, target=TARGET, inference_service="serving/digits")
+
+
+def test_rejection_lists_every_failed_gate() -> None:
+    promotion = {"gates": {"minCompressionRatio": 10.0, "maxAccuracyDrop": 0.0001,
+                           "minSpeedup": {"cpu": 3.0}}}
+    observed = Observation(NOW, run=run("Succeeded"), results=run_results())
+    result = reconcile(job(spec(**promotion), in_flight()), observed, CONFIG)
+    assert result.status.promotion is not None
+    assert len(result.status.promotion.reasons) == 3
+    message = find_condition(result.status, "Promoted").message  # type: ignore[union-attr]
+    assert "minCompressionRatio" in message and "maxAccuracyDrop" in message \
+        and "minSpeedup" in message
+
+
+REJUDGE = [
+    # id, promotion before, new promotion spec, decision, Promoted reason, actions
+    pytest.param({"decision": "Promoted", "reasons": []}, GATES_FAIL, "Rejected", "GatesFailed",
+                 [], id="edit-tightens-gates-rejects"),
+    pytest.param({"decision": "Rejected", "reasons": ["x"]}, {"target": TARGET}, "Pending",
+                 "GatesPassed", ["Promote"], id="edit-adds-target-promotes"),
+    pytest.param({"decision": "Promoted", "reasons": [], "promotedUri": TARGET},
+                 {"target": TARGET}, "Promoted", "GatesPassed", [],
+                 id="same-target-not-copied-again"),
+    pytest.param({"decision": "Promoted", "reasons": [], "promotedUri": TARGET},
+                 {"target": TARGET + "-v2"}, "Pending", "GatesPassed", ["Promote"],
+                 id="new-target-copied"),
+    pytest.param({"decision": "Promoted", "reasons": []}, {"condition": "results.x >>"},
+                 "Rejected", "InvalidSpec", [], id="edit-to-invalid-cel-rejects"),
+]
+
+
+@pytest.mark.parametrize(("before", "promotion", "decision", "reason", "actions"), REJUDGE)
+def test_editing_promotion_rejudges_stored_results_without_rerunning(
+        before: dict[str, Any], promotion: dict[str, Any], decision: str, reason: str,
+        actions: list[str]) -> None:
+    result = reconcile(job(spec(**promotion), succeeded(promotion=before), generation=2),
+                       Observation(NOW), CONFIG)
+    assert result.status.phase == "Succeeded"
+    assert result.status.promotion is not None
+    assert result.status.promotion.decision == decision
+    assert _reason(result.status, "Promoted") == reason
+    assert _kinds(result.actions) == actions
+    assert result.status.observed_generation == 2
+
+
+def test_unfinished_promotion_is_retried_without_a_spec_change() -> None:
+    before = succeeded(promotion={"decision": "Pending", "reasons": []}, conditions=[
+        condition("Succeeded", "True", "RunSucceeded"),
+        condition("Promoted", "False", "PromotionFailed")])
+    result = reconcile(job(spec(target=TARGET), before), Observation(NOW), CONFIG)
+    assert _kinds(result.actions) == ["Promote"]
+    assert not [a for a in result.actions if isinstance(a, EmitEvent)]
+
+
+# ----------------------------------------------------------------------- events, delete
+
+
+def test_events_follow_condition_transitions_only() -> None:
+    first = reconcile(job(status=in_flight("Pending")), Observation(NOW, run=run("Running")),
+                      CONFIG)
+    events = [a for a in first.actions if isinstance(a, EmitEvent)]
+    assert [(e.type, e.reason) for e in events] == [("Normal", "Running")]
+    again = reconcile(job(status=first.status.to_wire()),
+                      Observation(NOW, run=run("Running")), CONFIG)
+    assert not [a for a in again.actions if isinstance(a, EmitEvent)]
+
+
+def test_failure_events_are_warnings() -> None:
+    result = reconcile(job(status=in_flight()), Observation(NOW, run=run(
+        "Failed", failed_step="quantize", message="no calibration")), CONFIG)
+    events = {(a.type, a.reason) for a in result.actions if isinstance(a, EmitEvent)}
+    assert events == {("Warning", "StepFailed"), ("Warning", "JobFailed")}
+
+
+def test_transition_time_moves_only_when_condition_status_changes() -> None:
+    before = in_flight()
+    result = reconcile(job(status=before), Observation(NOW, run=run("Running")), CONFIG)
+    running = find_condition(result.status, "Succeeded")
+    assert running is not None and running.reason == "Running"
+    assert running.last_transition_time == EARLIER  # Unknown -> Unknown: same transition
+    done = reconcile(job(status=result.status.to_wire()),
+                     Observation(NOW, run=run("Succeeded"), results=run_results()), CONFIG)
+    assert find_condition(done.status, "Succeeded").last_transition_time == NOW  # type: ignore[union-attr]
+    assert transition_events(result.status, result.status) == []
+
+
+FINALIZE = [
+    pytest.param(in_flight(), ["TerminateRun"], id="running-run-terminated"),
+    pytest.param(in_flight("Pending"), ["TerminateRun"], id="pending-run-terminated"),
+    pytest.param(succeeded(), [], id="finished-run-left-alone"),
+    pytest.param({}, [], id="never-submitted"),
+]
+
+
+@pytest.mark.parametrize(("before", "actions"), FINALIZE)
+def test_finalize(before: dict[str, Any], actions: list[str]) -> None:
+    assert _kinds(finalize(job(status=before))) == actions
