@@ -1,8 +1,10 @@
 """Auto quantization: build every recipe that fits, measure each, keep the fastest one
 within the fidelity bar, and record why each of the others lost.
 
-When no recipe keeps within the bar, the model stays fp32: auto never hands on a model
-that misses its target.
+The unquantized fp32 model is a candidate too: on small convolutional models int8 kernels
+can be slower than fp32 ("compressed but not faster"), and then auto says so and keeps
+fp32. When nothing keeps within the bar, the model stays fp32 as well: auto never hands
+on a model that misses its target.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from modelpress.components.selection import Measured, choose
 from modelpress.components.validate import task_metrics
 
 LATENCY_ITERATIONS = 20
+FP32 = "fp32 (not quantized)"
 
 
 def recipes(calibration: Arrays | None, cuda: bool) -> dict[str, tuple]:
@@ -68,7 +71,7 @@ def build_candidates(fp32: Path, scratch: Path, evaluation: Arrays,
     import onnxruntime as ort
 
     cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-    built, failed = {}, {}
+    built, failed = {FP32: fp32}, {}
     for name, (builder, options) in recipes(calibration, cuda).items():
         path = scratch / f"{name}.onnx"
         try:
