@@ -10,8 +10,6 @@ from typing import Any  # noqa: UP035 (KFP reads typing.List in component signat
 from kfp import dsl
 from kfp.dsl import Artifact, Input, Model, Output
 
-DEFAULT_STEP_IMAGE = "ghcr.io/modelpress/step:0.1.0"
-
 
 def fetch_op(job: str, original: Output[Model], data: Output[Artifact],
              ledger: Output[Artifact]) -> None:
@@ -76,9 +74,9 @@ def report_op(job: str, job_name: str, output: str, compressed: Input[Model],
 
 
 def make_ops(image: str) -> dict[str, Any]:
-    """The components with `image` as their base image (the job's `image`, or ours)."""
+    """The components with `image` as their base image."""
     functions = (fetch_op, compress_op, validate_op, benchmark_op, select_op, report_op)
     # The step image ships modelpress and kfp, so no step pip-installs anything at start.
-    return {fn.__name__: dsl.component(fn, base_image=image or DEFAULT_STEP_IMAGE,
+    return {fn.__name__: dsl.component(fn, base_image=image,
                                        install_kfp_package=False)
             for fn in functions}

@@ -15,6 +15,11 @@ class Settings(BaseSettings):
     s3_endpoint: str | None = None
     s3_region: str = "us-east-1"
     s3_create_buckets: bool = True
+    step_image: str = Field(default="ghcr.io/modelpress/step:0.1.0",
+                            description="Image of pipeline steps when a job names none.")
+    s3_secret: str | None = Field(
+        default=None, description="On a cluster: the Secret with AWS_ACCESS_KEY_ID / "
+                                  "AWS_SECRET_ACCESS_KEY that pipeline steps read.")
     allowed_file_roots: list[Path] = Field(
         default_factory=list, description="When set, file:// uris must lie under one of these."
     )

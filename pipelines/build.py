@@ -25,6 +25,29 @@ def _place_on_pool(task: Any, pool: Pool) -> None:
         task.set_accelerator_limit(pool.accelerator.count)
 
 
+def _with_store_access(task: Any) -> Any:
+    """Give a step the artifact store's endpoint and, on a cluster, its credentials Secret."""
+    from kfp import kubernetes
+
+    from modelpress.settings import get_settings
+
+    settings = get_settings()
+    if settings.s3_endpoint:
+        task.set_env_variable("MODELPRESS_S3_ENDPOINT", settings.s3_endpoint)
+    if settings.s3_secret:
+        kubernetes.use_secret_as_env(task, secret_name=settings.s3_secret, secret_key_to_env={
+            "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"})
+    return task
+
+
+def _accessing_store(op: Any) -> Callable[..., Any]:
+    def make_task(**arguments: Any) -> Any:
+        return _with_store_access(op(**arguments))
+
+    return make_task
+
+
 def pipeline_name(job: CompressionJob) -> str:
     return PIPELINE_PREFIX + re.sub(r"[^a-z0-9-]", "-", job.metadata.name)
 
@@ -61,7 +84,10 @@ def build_pipeline(job: CompressionJob, output: str) -> Callable[..., Any]:
 
     from modelpress.components.ops import make_ops
 
-    ops = make_ops(job.spec.image)
+    from modelpress.settings import get_settings
+
+    raw_ops = make_ops(job.spec.image or get_settings().step_image)
+    ops = {name: _accessing_store(op) for name, op in raw_ops.items()}
     spec_json = job.spec.model_dump_json(by_alias=True, exclude_none=True)
     search = job.spec.search
 

@@ -51,3 +51,22 @@ def test_step_image_comes_from_the_spec(tmp_path: Path) -> None:
     executors = yaml.safe_load_all(target.read_text()).__next__()["deploymentSpec"]["executors"]
     assert {e["container"]["image"] for e in executors.values()} == {
         "registry.example/team/steps:1.2"}
+
+
+def test_steps_get_the_store_endpoint_and_credentials_secret(tmp_path: Path,
+                                                             monkeypatch) -> None:
+    monkeypatch.setenv("MODELPRESS_S3_ENDPOINT", "http://minio.modelpress:9000")
+    monkeypatch.setenv("MODELPRESS_S3_SECRET", "modelpress-minio")
+    monkeypatch.setenv("MODELPRESS_STEP_IMAGE", "registry.example/steps:9")
+    ir, platform = _compiled(tmp_path, "digits-prune-quantize.yaml")
+    executors = ir["deploymentSpec"]["executors"]
+    assert {e["container"]["image"] for e in executors.values()} == {"registry.example/steps:9"}
+    for executor in executors.values():
+        env = {v["name"]: v["value"] for v in executor["container"]["env"]}
+        assert env["MODELPRESS_S3_ENDPOINT"] == "http://minio.modelpress:9000"
+    secrets = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert len(secrets) == len(executors)
+    for spec in secrets.values():
+        assert spec["secretAsEnv"][0]["secretName"] == "modelpress-minio"
+        assert {m["envVar"] for m in spec["secretAsEnv"][0]["keyToEnv"]} == {
+            "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
