@@ -83,7 +83,6 @@ def build_pipeline(job: CompressionJob, output: str) -> Callable[..., Any]:
     from kfp import dsl
 
     from modelpress.components.ops import make_ops
-
     from modelpress.settings import get_settings
 
     raw_ops = make_ops(job.spec.image or get_settings().step_image)
