@@ -5,6 +5,7 @@ Exit codes: 0 done, 1 a step failed, 2 bad input (one line naming the field or f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import tempfile
@@ -23,7 +24,8 @@ from modelpress.errors import InvalidInput, ModelpressError, StepFailed
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Compress trained models and prove they are still good enough to ship.")
-console = Console(stderr=True)
+# Bound to the real stderr now: run_local redirects sys.stderr to capture kfp.local's log.
+console = Console(file=sys.stderr)
 JobArgument = Annotated[Path, typer.Argument(help="A CompressionJob YAML file.")]
 
 
@@ -141,13 +143,16 @@ def _run_with_progress(job: Any, destination: str) -> None:
 
 def _show_progress(worker: threading.Thread, events: Path) -> None:
     shown = 0
-    with console.status("starting the pipeline…") as status:
+    # A live status line only on a terminal: elsewhere rich would swallow the step lines.
+    live = console.status("starting the pipeline…") if console.is_terminal else None
+    with live or contextlib.nullcontext():
         while worker.is_alive() or shown < _count_lines(events):
             lines = events.read_text().splitlines() if events.is_file() else []
             for line in lines[shown:]:
                 event = json.loads(line)
                 if event["event"] == "started":
-                    status.update(f"running [bold]{event['step']}[/bold]…")
+                    if live is not None:
+                        live.update(f"running [bold]{event['step']}[/bold]…")
                 elif event["event"] == "finished":
                     console.print(f"[green]✓[/green] {event['step']:<16} "
                                   f"{event['seconds']:7.2f} s ", escape(str(event["message"])),

@@ -69,3 +69,5 @@ def test_cli_prints_the_results_on_stdout(digits_run) -> None:
     assert summary["output"] == str(output)
     assert summary["wallSeconds"] > 0
     assert "compression ratio" in completed.stderr
+    for step in ("fetch", "prune", "quantize", "validate", "benchmark-cpu", "report"):
+        assert f"✓ {step}" in completed.stderr, f"no progress line for {step}"
