@@ -85,6 +85,7 @@ class OperatorMetrics:
 
     def record(self, key: JobKey, before: CompressionStatus, after: CompressionStatus) -> None:
         self._jobs.phases[(key.namespace, key.job)] = after.phase
+        self._start_series(key, after)
         self._observe_steps(before, after)
         if after.phase != before.phase and after.phase in ("Succeeded", "Failed") \
                 and after.started_at and after.finished_at:
@@ -107,6 +108,18 @@ class OperatorMetrics:
             _remove(self.speedup, (*labels, pool))
         for variant in ("baseline", "compressed"):
             _remove(self.model_size, (*labels, variant))
+
+    def _start_series(self, key: JobKey, after: CompressionStatus) -> None:
+        """Create the job's duration series at zero before anything finishes.
+
+        prometheus_client creates a labelled series at its first observation, and rate()
+        cannot count a series' first sample: without this, the first job a fresh operator
+        finishes would never show on a rate-based panel.
+        """
+        for phase in ("Succeeded", "Failed"):
+            self.job_duration.labels(key.namespace, phase)
+            for step in after.steps:
+                self.step_duration.labels(step.name, phase)
 
     def _observe_steps(self, before: CompressionStatus, after: CompressionStatus) -> None:
         for index, step in enumerate(after.steps):

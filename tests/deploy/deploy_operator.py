@@ -16,13 +16,12 @@ import prometheus_client
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelpress.api import CompressionSpec, CompressionStatus
+from modelpress.api import CompressionStatus
 from modelpress.operator.backends.base import BackendError
 from modelpress.operator.backends.local import LocalBackend
 from modelpress.operator.controller import Controller, view_of
 from modelpress.operator.metrics import JobKey, OperatorMetrics
 from modelpress.operator.reconcile import Config
-from modelpress.operator.status import planned_steps
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS_EXAMPLE = ROOT / "examples" / "digits-prune-quantize.yaml"
@@ -47,19 +46,13 @@ def finished_job_status() -> tuple[CompressionStatus, CompressionStatus]:
     return before, after
 
 
-def steady_state(metrics: OperatorMetrics, key: JobKey, steps: list[str]) -> None:
-    """Give `metrics` the series an operator that has been running for a while has.
+def steady_state(metrics: OperatorMetrics, key: JobKey) -> None:
+    """Give `metrics` the counters an operator that has been running for a while has.
 
-    prometheus_client creates a labelled series at its first observation, and rate() and
-    increase() cannot count a series' first sample: on a freshly started operator the
-    first finished job would be invisible to every rate-based panel. Here the job's
-    histogram and counter series start at zero, and one retried reconcile error has been
-    counted, before Prometheus' first scrape.
+    rate() and increase() cannot count a series' first sample. The operator itself starts
+    each job's duration series at zero; promotion decisions (whose reason label is only
+    known when one is made) and reconcile errors start here, before the first scrape.
     """
-    for phase in ("Succeeded", "Failed"):
-        metrics.job_duration.labels(key.namespace, phase)
-        for step in steps:
-            metrics.step_duration.labels(step, phase)
     for decision, reason in (("Promoted", "GatesPassed"), ("Rejected", "GatesFailed")):
         metrics.promotion_decisions.labels(key.namespace, decision, reason)
     metrics.reconcile_error(key.namespace, BackendError("the KFP API timed out"))
@@ -117,10 +110,6 @@ class LocalOperator:
     @property
     def status(self) -> dict[str, Any]:
         return dict(self.body.get("status") or {})
-
-    def planned_steps(self) -> list[str]:
-        return [step.name for step in planned_steps(CompressionSpec.model_validate(
-            self.body["spec"]))]
 
     def sync(self) -> None:
         patch = self.controller.sync(view_of(copy.deepcopy(self.body)), self._emit)

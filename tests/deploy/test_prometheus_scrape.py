@@ -38,7 +38,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScrapedJob]:
     with without_created_series():
         metrics = OperatorMetrics()
         operator = LocalOperator.for_digits(metrics, workdir / "runs", workdir / "output")
-        steady_state(metrics, operator.key, operator.planned_steps())
+        steady_state(metrics, operator.key)
         with serving(metrics.registry) as target, \
                 running_prometheus(target, [RULES], workdir) as prometheus:
             prometheus.wait_for(f'up{{job="{SCRAPE_JOB}"}} == 1', timeout_s=30)
