@@ -15,7 +15,7 @@ from pathlib import Path
 
 from modelpress.api import CompressionSpec, DecomposeStep, DistillStep, PruneStep, QuantizeStep
 from modelpress.components.data import Arrays, load_arrays
-from modelpress.components.quantize import AutoTarget
+from modelpress.components.quantize import AutoTarget, QatInputs
 from modelpress.components.result import StepResult, append_ledger, read_ledger
 from modelpress.errors import ModelpressError
 
@@ -105,11 +105,13 @@ def run_compress(job: str, index: int, candidate: int, original: Path, data: Pat
         assert isinstance(options, QuantizeStep)
         from modelpress.components.quantize import quantize
 
+        train = _dataset(data, "train")
         calibration = _dataset(data, "calibration")
-        if calibration is None and options.mode == "auto":
-            calibration = _dataset(data, "train")
+        if calibration is None and options.mode in ("auto", "qat"):
+            calibration = train
+        qat = QatInputs(original, train) if options.mode == "qat" and train is not None else None
         return quantize(model_in, options, _eval(data), calibration, model_out,
-                        _auto_target(spec, options, original))
+                        _auto_target(spec, options, original), qat)
 
     _recorded(spec.steps[index].kind, work, ledger_in, ledger)
 

@@ -22,15 +22,19 @@ from modelpress.components.result import StepResult, timed
 CALIBRATION_ROWS = 256
 
 
-def _fp32_onnx(model_in: Path, sample: Arrays, scratch: Path) -> Path:
-    """The working model as fp32 ONNX, pre-processed (shape inference, fusions) for ORT."""
+def _fp32_onnx(model_in: Path, sample: Arrays, scratch: Path,
+               module: Any | None = None) -> Path:
+    """The working model (or `module`, trained from it) as fp32 ONNX, pre-processed for ORT
+    (shape inference, fusions)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from modelpress.components.modelio import export_onnx
 
     manifest = read_manifest(model_in)
     exported = scratch / "fp32.onnx"
-    if manifest.format == "onnx":
+    if module is not None:
+        export_onnx(module, sample, manifest.inputs, exported)
+    elif manifest.format == "onnx":
         shutil.copyfile(model_in / manifest.file, exported)
     else:
         export_onnx(load_torch(model_in), sample, manifest.inputs, exported)
@@ -84,7 +88,31 @@ _MODES: dict[str, Callable[[Path, Path, QuantizeStep, Arrays], None]] = {
     "dynamic": quantize_dynamic_int8,
     "static": quantize_static_qdq,
     "fp16": convert_fp16,
+    "qat": quantize_static_qdq,  # after fake-quant training: weights already on the grid
 }
+
+
+@dataclass(frozen=True)
+class QatInputs:
+    """What quantization-aware training learns from: the original model and train data."""
+
+    original: Path
+    train: Arrays
+
+
+def quantization_aware_module(model_in: Path, options: QuantizeStep, qat: QatInputs) -> Any:
+    """The working model fine-tuned through int8 fake quantization, distilling from the
+    original; its weights end on the int8 grid the static QDQ export then uses."""
+    from modelpress.components.training import TrainingPlan, fine_tune
+
+    manifest = read_manifest(model_in)
+    student, teacher = load_torch(model_in), load_torch(qat.original)
+    masks = {name: (weight != 0).to(weight.dtype)
+             for name, weight in student.named_parameters() if weight.dim() >= 2}
+    plan = TrainingPlan(task=manifest.task, inputs=manifest.inputs, epochs=options.epochs,
+                        learning_rate=options.learning_rate, alpha=0.5)
+    fine_tune(student, teacher, qat.train, plan, masks, fake_quant=True)
+    return student
 
 
 @dataclass(frozen=True)
@@ -99,14 +127,18 @@ class AutoTarget:
 
 def quantize(model_in: Path, options: QuantizeStep, sample: Arrays,
              calibration: Arrays | None, model_out: Path,
-             auto: AutoTarget | None = None) -> StepResult:
+             auto: AutoTarget | None = None, qat: QatInputs | None = None) -> StepResult:
     """Write the quantized ONNX working model to `model_out`."""
     with timed("quantize") as result:
         manifest: Manifest = read_manifest(model_in).with_format("onnx")
         model_out.mkdir(parents=True, exist_ok=True)
         target = model_out / manifest.file
         with tempfile.TemporaryDirectory() as scratch:
-            fp32 = _fp32_onnx(model_in, sample, Path(scratch))
+            trained = None
+            if options.mode == "qat":
+                assert qat is not None, "the spec guarantees data.train for qat"
+                trained = quantization_aware_module(model_in, options, qat)
+            fp32 = _fp32_onnx(model_in, sample, Path(scratch), trained)
             if options.mode == "auto":
                 assert auto is not None, "auto quantization needs a target to measure against"
                 result.figures["candidates"], result.message = _auto(

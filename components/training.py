@@ -44,17 +44,26 @@ def distillation_loss(student_out: torch.Tensor, teacher_out: torch.Tensor,
 
 
 def fine_tune(student: torch.nn.Module, teacher: torch.nn.Module, train: Arrays,
-              plan: TrainingPlan, masks: dict[str, torch.Tensor] | None = None) -> float:
-    """Train `student` towards `teacher` (and labels); return the last epoch's mean loss."""
+              plan: TrainingPlan, masks: dict[str, torch.Tensor] | None = None,
+              fake_quant: bool = False) -> float:
+    """Train `student` towards `teacher` (and labels); return the last epoch's mean loss.
+
+    With `fake_quant`, the weights are trained through int8 fake quantization and end on
+    the int8 grid (quantization-aware training).
+    """
     import torch
+
+    from modelpress.components.fakequant import ShadowWeights
 
     torch.manual_seed(0)
     inputs = torch_inputs(train, plan.inputs)
     labels = torch.from_numpy(train[LABELS]) if LABELS in train else None
     with torch.no_grad():
         targets = _batched(teacher.eval(), inputs)
-    optimizer = torch.optim.Adam([p for p in student.parameters() if p.requires_grad],
-                                 lr=plan.learning_rate)
+    shadows = ShadowWeights(student, masks) if fake_quant else None
+    trainable = shadows.trainable() if shadows else [
+        p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=plan.learning_rate)
     parameters = dict(student.named_parameters())
     last_loss = 0.0
     for _ in range(plan.epochs):
@@ -63,10 +72,14 @@ def fine_tune(student: torch.nn.Module, teacher: torch.nn.Module, train: Arrays,
         losses = []
         for batch in order.split(BATCH_SIZE):
             optimizer.zero_grad()
+            if shadows:
+                shadows.quantize_into_module()
             out = student(*(tensor[batch] for tensor in inputs))
             loss = distillation_loss(out, targets[batch],
                                      None if labels is None else labels[batch], plan)
             loss.backward()
+            if shadows:
+                shadows.pass_gradients_through()
             optimizer.step()
             if masks:
                 with torch.no_grad():
@@ -74,6 +87,8 @@ def fine_tune(student: torch.nn.Module, teacher: torch.nn.Module, train: Arrays,
                         parameters[name].mul_(mask)
             losses.append(float(loss))
         last_loss = sum(losses) / len(losses)
+    if shadows:
+        shadows.quantize_into_module()
     student.eval()
     return last_loss
 

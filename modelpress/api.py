@@ -97,9 +97,12 @@ class DecomposeStep(Model):
 
 
 class QuantizeStep(Model):
-    mode: Literal["dynamic", "static", "fp16", "auto"] = "dynamic"
+    mode: Literal["dynamic", "static", "fp16", "qat", "auto"] = "dynamic"
     weight_type: Literal["int8", "uint8"] = "int8"
     per_channel: bool = True
+    epochs: int = Field(default=2, ge=1, le=1000, description="qat: fine-tuning epochs.")
+    learning_rate: float = Field(default=1e-4, gt=0.0, le=1.0,
+                                 description="qat: fine-tuning learning rate.")
     max_accuracy_drop: float | None = Field(
         default=None, ge=0.0, le=1.0,
         description="auto: the fidelity bar; default promotion.gates.maxAccuracyDrop, else 0.01.",
@@ -227,6 +230,7 @@ class CompressionSpec(Model):
                 raise ValueError(f"steps[{index}]: decompose must come before any structured "
                                  "prune or other decompose step")
             trains = kind == "distill" or (
+                isinstance(options, QuantizeStep) and options.mode == "qat") or (
                 isinstance(options, PruneStep) and options.schedule.fine_tune_epochs > 0)
             if trains and self.data.train is None:
                 raise ValueError(f"steps[{index}]: {kind} trains, so it needs data.train")

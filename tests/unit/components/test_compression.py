@@ -112,3 +112,37 @@ def test_recipes_shrink_the_model_and_still_run(digits_fp32: Path, tmp_path: Pat
     x = zoo.digits("test")["x"][:5]
     logits = ort.InferenceSession(str(out)).run(None, {"x": x})[0]
     assert logits.shape == (5, 10) and np.isfinite(logits).all()
+
+
+def test_fake_quant_rounds_to_a_symmetric_per_channel_grid() -> None:
+    from modelpress.components.fakequant import fake_quant_per_channel
+
+    weight = torch.tensor([[1.0, -0.5, 0.26], [0.01, 0.02, -0.04]])
+    quantized = fake_quant_per_channel(weight)
+    scales = weight.abs().amax(dim=1, keepdim=True) / 127
+    steps = quantized / scales
+    assert torch.allclose(steps, steps.round(), atol=1e-4)
+    assert torch.allclose(quantized[:, 0].abs().max(), torch.tensor(1.0))
+    assert torch.allclose(fake_quant_per_channel(quantized), quantized, atol=1e-7)
+
+
+def test_quantization_aware_training_ends_on_the_grid_and_keeps_pruned_zeros() -> None:
+    from modelpress.components.fakequant import fake_quant_per_channel
+    from modelpress.components.prune import prunable_weights
+    from modelpress.components.training import TrainingPlan, fine_tune
+
+    torch.manual_seed(0)
+    teacher = zoo.digits_cnn().eval()
+    student = zoo.digits_cnn()
+    student.load_state_dict(teacher.state_dict())
+    with torch.no_grad():
+        student[0].weight[:4] = 0.0
+    masks = {name: (w != 0).float() for name, w in prunable_weights(student).items()}
+    train = {k: v[:256] for k, v in zoo.digits("train").items()}
+    plan = TrainingPlan(task="classification", inputs=["x"], epochs=1, learning_rate=1e-3)
+    before = student[6].weight.detach().clone()
+    fine_tune(student, teacher, train, plan, masks, fake_quant=True)
+    for weight in prunable_weights(student).values():
+        assert torch.allclose(fake_quant_per_channel(weight), weight, atol=1e-6)
+    assert torch.count_nonzero(student[0].weight[:4]) == 0
+    assert not torch.allclose(student[6].weight, before)  # it trained
