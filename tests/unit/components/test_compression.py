@@ -146,3 +146,25 @@ def test_quantization_aware_training_ends_on_the_grid_and_keeps_pruned_zeros() -
         assert torch.allclose(fake_quant_per_channel(weight), weight, atol=1e-6)
     assert torch.count_nonzero(student[0].weight[:4]) == 0
     assert not torch.allclose(student[6].weight, before)  # it trained
+
+
+def test_distill_trains_a_named_student_and_reports_kd_against_labels_only(tmp_path: Path
+                                                                           ) -> None:
+    from modelpress.api import DistillStep
+    from modelpress.components.distill import distill
+    from modelpress.components.modelio import Manifest, load_torch, read_manifest, save_torch
+
+    teacher = zoo.digits_cnn()
+    teacher.load_state_dict(zoo.pretrained_state("digits-cnn"))
+    manifest = Manifest(format="bundle", task="classification", inputs=["x"],
+                        architecture="builtin://digits-cnn")
+    save_torch(teacher, tmp_path / "original", manifest)
+    options = DistillStep(student="builtin://digits-mlp", epochs=3, learning_rate=3e-3)
+    result = distill(tmp_path / "original", tmp_path / "original", options,
+                     zoo.digits("train"), tmp_path / "student")
+    assert read_manifest(tmp_path / "student").architecture == "builtin://digits-mlp"
+    assert result.figures["kept"] in ("kd", "labels-only")
+    assert result.figures["holdoutAccuracyKd"] > 0.8
+    assert result.figures["holdoutAccuracyLabelsOnly"] > 0.8
+    student = load_torch(tmp_path / "student")
+    assert sum(p.numel() for p in student.parameters()) < 5000
