@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from modelpress.errors import InvalidInput, ModelpressError, StepFailed
+from modelpress.errors import InvalidInput, ModelpressError, StepFailed, one_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Compress trained models and prove they are still good enough to ship.")
@@ -31,7 +31,8 @@ JobArgument = Annotated[Path, typer.Argument(help="A CompressionJob YAML file.")
 
 def _fail(error: ModelpressError) -> None:
     code = 2 if isinstance(error, InvalidInput) else 1
-    console.print("[red]error:[/red]", escape(str(error)), highlight=False, soft_wrap=True)
+    console.print("[red]error:[/red]", escape(one_line(str(error))), highlight=False,
+                  soft_wrap=True)
     raise typer.Exit(code)
 
 

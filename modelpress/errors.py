@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def one_line(text: str) -> str:
+    """A message safe to print as one line: colour codes dropped, control characters shown
+    escaped (a YAML key may hold a newline)."""
+    return _CONTROL.sub(lambda match: repr(match.group())[1:-1], _ANSI.sub("", text))
+
 
 class ModelpressError(Exception):
     """Base for errors with a message meant for a user."""

@@ -19,6 +19,8 @@ def field_path(location: tuple[int | str, ...]) -> str:
     for part in location:
         if isinstance(part, int):
             text += f"[{part}]"
+        elif not part.isidentifier():
+            text += f"[{part!r}]"  # a key with spaces, dots or newlines stays readable
         elif not text:
             text = part
         else:

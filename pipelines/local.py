@@ -9,7 +9,7 @@ from pathlib import Path
 
 from modelpress.api import CompressionJob
 from modelpress.components.ops_runtime import EVENTS_ENV
-from modelpress.errors import StepFailed
+from modelpress.errors import StepFailed, one_line
 from modelpress.pipelines.build import build_pipeline
 
 
@@ -31,7 +31,9 @@ def run_local(job: CompressionJob, output: str, workdir: Path, events: Path) -> 
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             pipeline()
     except RuntimeError as error:
-        problem = _last_error(events) or _last_exception(log.getvalue()) or str(error)
+        problem = _last_error(events) or _last_exception(log.getvalue()) or (
+            f"its process ended without reporting a result (killed, or out of memory?): "
+            f"{one_line(str(error))}")
         raise StepFailed(_failed_step(events) or "pipeline", problem) from None
     finally:
         for name, value in previous.items():
