@@ -183,8 +183,7 @@ def _rules(manifests: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
 
 
 OPERATOR_RULES = {
-    ("modelpress.io", "compressionjobs", "get"), ("modelpress.io", "compressionjobs", "list"),
-    ("modelpress.io", "compressionjobs", "watch"), ("modelpress.io", "compressionjobs", "patch"),
+    ("modelpress.io", "compressionjobs", "list"), ("modelpress.io", "compressionjobs", "watch"), ("modelpress.io", "compressionjobs", "patch"),
     ("modelpress.io", "compressionjobs/status", "patch"),
     ("", "events", "create"),
 }
