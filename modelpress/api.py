@@ -27,7 +27,8 @@ KIND = "CompressionJob"
 
 URI_SCHEMES = ("s3", "http", "https", "file", "builtin", "hf", "python")
 MODEL_URI_SCHEMES = ("s3", "http", "https", "file", "builtin", "hf")
-_URI_PATTERN = r"^(s3|https?|file|builtin|hf)://.+"
+# No whitespace or control characters: a uri never spans lines or smuggles headers.
+_URI_PATTERN = r"^(s3|https?|file|builtin|hf)://[^\s\x00-\x1f\x7f]+$"
 
 
 class Model(BaseModel):
@@ -45,6 +46,7 @@ class Model(BaseModel):
 
 
 Uri = Annotated[str, Field(pattern=_URI_PATTERN, max_length=2048)]
+PoolName = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
 
 
 class ModelSource(Model):
@@ -165,7 +167,7 @@ class Accelerator(Model):
 
 
 class Pool(Model):
-    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+    name: PoolName
     device: Literal["cpu", "cuda"] = "cpu"
     threads: int = Field(default=1, ge=1, le=256, description="Intra-op threads, both models.")
     accelerator: Accelerator | None = None
@@ -197,7 +199,8 @@ class Benchmark(Model):
 class Gates(Model):
     min_compression_ratio: float | None = Field(default=None, ge=0.0)
     max_accuracy_drop: float | None = Field(default=None, ge=0.0, le=1.0)
-    min_speedup: dict[str, float] = Field(default_factory=dict)
+    min_speedup: dict[PoolName, float] = Field(default_factory=dict,
+                                              description="Pool name -> least speedup.")
 
 
 class Promotion(Model):

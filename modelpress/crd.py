@@ -13,7 +13,8 @@ from modelpress.api import API_GROUP, API_VERSION, KIND, CompressionSpec, Compre
 PLURAL = "compressionjobs"
 SHORT_NAMES = ["cjob"]
 
-_DROPPED_KEYS = {"title", "$defs", "discriminator"}
+# propertyNames has no place in Kubernetes' JSONSchemaProps; pydantic still checks map keys.
+_DROPPED_KEYS = {"title", "$defs", "discriminator", "propertyNames"}
 _PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Ratio", "type": "number", "jsonPath": ".status.results.compressionRatio"},

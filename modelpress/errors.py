@@ -22,9 +22,9 @@ class InvalidInput(ModelpressError):
     """Bad input: a spec field, a file or a uri the user gave. CLI exit code 2."""
 
     def __init__(self, where: str, problem: str) -> None:
-        self.where = where
-        self.problem = problem
-        super().__init__(f"{where}: {problem}")
+        self.where = one_line(where)
+        self.problem = one_line(problem)
+        super().__init__(f"{self.where}: {self.problem}")
 
 
 class StepFailed(ModelpressError):

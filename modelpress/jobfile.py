@@ -34,25 +34,38 @@ _NAMED_IN_MESSAGE = re.compile(r"^((?:steps|search|data|model|benchmark|promotio
                                r"[\w.\[\]]*): (.+)$", re.DOTALL)
 
 
-def _meaningful(location: tuple[int | str, ...]) -> tuple[int | str, ...]:
-    """Drop pydantic's union-branch and validator tags ('literal[...]', 'float', …)."""
-    return tuple(p for p in location if not (isinstance(p, str) and (
-        "[" in p or "-" in p or p in _UNION_MEMBERS)))
+_TAG = re.compile(r"^[a-z-]+\[.*\]$", re.DOTALL)
+
+
+def _meaningful(location: tuple[int | str, ...], kind: str = "") -> tuple[int | str, ...]:
+    """Drop pydantic's union-branch and validator tags ('literal[...]', 'float', …); an
+    unknown field's own name, the last part, is always kept whatever it looks like."""
+    *path, last = location or ("",)
+    kept = [p for p in path if not (isinstance(p, str) and (_TAG.match(p) or p in _UNION_MEMBERS))]
+    if kind == "extra_forbidden" or not (isinstance(last, str) and (
+            _TAG.match(last) or last in _UNION_MEMBERS)):
+        kept.append(last)
+    return tuple(kept)
 
 
 def describe(error: ValidationError) -> str:
     """One line: the field path, what is wrong, and how many other fields are wrong."""
     problems = error.errors()
     first = problems[0]
-    where = field_path(_meaningful(first["loc"])) or "the job"
+    where = field_path(_meaningful(first["loc"], first["type"])) or "the job"
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown field"
     named = _NAMED_IN_MESSAGE.match(message)
     if named:
         where, message = f"{where}.{named[1]}", named[2]
-    extra = len({field_path(_meaningful(p["loc"])) for p in problems}) - 1
+    extra = len({field_path(_meaningful(p["loc"], p["type"])) for p in problems}) - 1
     return f"{where}: {message}" + (f" (and {extra} more problem(s))" if extra else "")
+
+
+def _shown(value: Any) -> str:
+    """A short, safe rendering of a value the user gave (repr of deep nesting recurses)."""
+    return repr(value[:80]) if isinstance(value, str) else f"a {type(value).__name__}"
 
 
 def parse_job(document: Any, source: str) -> CompressionJob:
@@ -62,12 +75,16 @@ def parse_job(document: Any, source: str) -> CompressionJob:
     if document.get("apiVersion") != expected or document.get("kind") != KIND:
         raise InvalidInput(f"{source}: apiVersion/kind",
                            f"expected apiVersion {expected} and kind {KIND}, got "
-                           f"{document.get('apiVersion')!r} / {document.get('kind')!r}")
+                           f"{_shown(document.get('apiVersion'))} / "
+                           f"{_shown(document.get('kind'))}")
     try:
         # Aliases only: a snake_case key would pass here but be pruned by the cluster's CRD.
         return CompressionJob.model_validate(document, by_alias=True, by_name=False)
     except ValidationError as error:
         raise InvalidInput(source, describe(error)) from None
+    except RecursionError:
+        raise InvalidInput(source, "the job is nested too deeply to be a CompressionJob")\
+            from None
 
 
 def load_job(path: Path) -> CompressionJob:
@@ -77,12 +94,20 @@ def load_job(path: Path) -> CompressionJob:
     except (OSError, UnicodeDecodeError) as error:
         raise InvalidInput(str(path), f"cannot read the job file ({error.__class__.__name__})")\
             from None
+    return parse_job(_parse_yaml(text, str(path)), str(path))
+
+
+def _parse_yaml(text: str, source: str) -> Any:
     try:
-        document = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f"line {mark.line + 1}: " if mark is not None else ""
-        raise InvalidInput(str(path), f"{line}YAML syntax error "
-                                      f"({getattr(error, 'problem', None) or 'unparseable'})")\
+        raise InvalidInput(source, f"{line}YAML syntax error "
+                                   f"({getattr(error, 'problem', None) or 'unparseable'})")\
             from None
-    return parse_job(document, str(path))
+    except Exception as error:
+        # The YAML parses, but PyYAML cannot build a value (an impossible date, an empty
+        # !!int, deep nesting) and raises whatever its constructor hits.
+        raise InvalidInput(source, f"YAML value error ({type(error).__name__}: "
+                                   f"{str(error)[:160]})") from None

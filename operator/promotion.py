@@ -37,6 +37,8 @@ def condition_error(condition: str) -> str | None:
         celpy.Environment().compile(condition)
     except CELParseError as error:
         return f"not a valid CEL expression: {str(error).splitlines()[0]}"
+    except RecursionError:
+        return "the CEL expression is nested too deeply"
     return None
 
 
@@ -90,6 +92,8 @@ def _condition_failure(condition: str, results: Results) -> str | None:
         return f"condition is not a valid CEL expression: {str(error).splitlines()[0]}"
     except CELEvalError as error:
         return f"condition {condition!r} could not be evaluated: {_cel_reason(error)}"
+    except RecursionError:
+        return "condition is nested too deeply to evaluate"
     if isinstance(value, CELEvalError):  # cel-python returns some errors as values
         return f"condition {condition!r} could not be evaluated: {_cel_reason(value)}"
     if not isinstance(value, celpy.celtypes.BoolType):
