@@ -1,0 +1,284 @@
+"""Load: many CompressionJobs applied at once to one operator; run by hand, not a test.
+
+    python benchmarks/load_operator.py [--jobs 200] [--max-runs 2] [--poll 1.0]
+
+The Kubernetes API stand-in (tests/e2e/operator/kube_standin.py) runs in this process;
+`modelpress operator --backend local` runs as its own process, its runs executed by a
+fast fake runner (tests/integration/operator/fake_runners.py:succeed, a few milliseconds
+of work in a worker process of its own). All jobs are created at once through the API;
+then the benchmark waits for every job to reach a terminal phase and reports:
+
+- apply → Pending latency, per job: from the moment the API server stored the object to
+  the first status write that gives it a phase (p50, p95, max);
+- the operator process's resident memory (peak of samples every 0.1 s, and the kernel's
+  high-water mark VmHWM), workers not included;
+- reconcile errors: the operator's modelpress_reconcile_errors_total, and handler
+  failures in its log;
+- the time until every job was terminal, how many ended in each phase, and that each
+  job got exactly one run, started once;
+- where the operator's wall time went (the controller and the local backend, timed by
+  wrappers installed in the operator process before it starts).
+
+Targets (issue 7): p95 ≤ 0.5 s, RSS ≤ 200 MB, 0 errors. Exit status 1 when one is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "reliability"))
+
+from cli_runs import LIGHT_SPEC, job_document  # noqa: E402
+from standin_operator import (  # noqa: E402
+    TERMINAL,
+    KubeStandIn,
+    OperatorProcess,
+    create_job,
+    start_standin,
+)
+
+TARGET_P95_S = 0.5
+TARGET_RSS_MB = 200.0
+PLURAL = "compressionjobs"
+# Run inside the operator before it starts: wall time spent in the controller and the
+# local backend, per call site, written as JSON to $MODELPRESS_LOAD_BREAKDOWN at exit.
+BREAKDOWN = """
+import atexit, json, os, threading, time
+from modelpress.operator import controller as _controller
+from modelpress.operator.backends import local as _local
+
+_totals, _guard = {}, threading.Lock()
+
+
+def _timed(owner, name, label):
+    original = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        began = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            spent = time.perf_counter() - began
+            with _guard:
+                calls, total, longest = _totals.get(label, (0, 0.0, 0.0))
+                _totals[label] = (calls + 1, total + spent, max(longest, spent))
+    setattr(owner, name, wrapper)
+
+
+_timed(_controller.Controller, "sync", "Controller.sync (all of it)")
+_timed(_controller.Controller, "_step", "Controller._step (reconcile and actions)")
+_timed(_local.LocalBackend, "has_capacity", "LocalBackend.has_capacity")
+_timed(_local.LocalBackend, "submit", "LocalBackend.submit")
+_timed(_local.LocalBackend, "poll", "LocalBackend.poll")
+atexit.register(lambda: open(os.environ["MODELPRESS_LOAD_BREAKDOWN"], "w").write(
+    json.dumps(_totals)))
+"""
+
+
+class Timeline:
+    """When each job was stored, first given a phase, and first terminal (monotonic s).
+
+    Recorded inside the stand-in's store, so the times are the API server's own."""
+
+    def __init__(self, api: KubeStandIn) -> None:
+        self.created: dict[str, float] = {}
+        self.first_phase: dict[str, tuple[float, str]] = {}
+        self.terminal: dict[str, tuple[float, str]] = {}
+        store = api.store
+        create, update = store.create, store.update
+
+        def timed_create(kind: Any, namespace: str | None, body: dict[str, Any]) -> Any:
+            stored = create(kind, namespace, body)
+            if kind.plural == PLURAL:
+                self.created[stored["metadata"]["name"]] = time.monotonic()
+            return stored
+
+        def timed_update(kind: Any, namespace: str | None, name: str, new: dict[str, Any],
+                         subresource: str | None) -> Any:
+            stored = update(kind, namespace, name, new, subresource)
+            phase = (stored.get("status") or {}).get("phase")
+            if kind.plural == PLURAL and phase:
+                now = time.monotonic()
+                self.first_phase.setdefault(name, (now, phase))
+                if phase in TERMINAL:
+                    self.terminal.setdefault(name, (now, phase))
+            return stored
+
+        store.create = timed_create  # type: ignore[method-assign]
+        store.update = timed_update  # type: ignore[method-assign]
+
+    def latencies(self) -> list[float]:
+        return sorted(self.first_phase[name][0] - self.created[name]
+                      for name in self.created if name in self.first_phase)
+
+
+class MemorySampler(threading.Thread):
+    """Peak VmRSS of one process, sampled every `interval` seconds."""
+
+    def __init__(self, pid: int, interval: float = 0.1) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.interval = pid, interval
+        self.peak_kb = 0
+        self.stopped = threading.Event()
+
+    def read(self, field: str) -> int:
+        try:
+            text = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            return 0
+        found = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
+        return int(found[1]) if found else 0
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            self.peak_kb = max(self.peak_kb, self.read("VmRSS"))
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def reconcile_errors(metrics: str) -> float:
+    return sum(float(value) for value in re.findall(
+        r"^modelpress_reconcile_errors_total\{[^}]*\} ([0-9.e+]+)$", metrics, re.MULTILINE))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of one process so far."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def breakdown_of(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    return {label: {"calls": calls, "totalSeconds": round(total, 2),
+                    "meanMs": round(1000 * total / calls, 2), "maxMs": round(1000 * longest, 1)}
+            for label, (calls, total, longest) in json.loads(path.read_text()).items()}
+
+
+def runs_started(workdir: Path) -> dict[str, int]:
+    """Run folders (one per job) and how often a run's first step started (1 each)."""
+    folders = [folder for folder in workdir.iterdir() if folder.is_dir()] \
+        if workdir.is_dir() else []
+    starts = [sum(1 for line in (folder / "events.jsonl").read_text().splitlines()
+                  if '"started"' in line and '"fetch"' in line)
+              for folder in folders if (folder / "events.jsonl").is_file()]
+    return {"runFolders": len(folders), "runsStartedTwice": sum(1 for n in starts if n > 1)}
+
+
+def run(jobs: int, max_runs: int, poll: float, timeout: float, runner: str) -> dict[str, Any]:
+    api = start_standin()
+    timeline = Timeline(api)
+    root = Path(tempfile.mkdtemp(prefix="modelpress-load-"))
+    breakdown = root / "breakdown.json"
+    operator = OperatorProcess(root, api, runner=runner, prologue=BREAKDOWN, extra_env={
+        "MODELPRESS_MAX_RUNS_IN_FLIGHT": str(max_runs),
+        "MODELPRESS_POLL_INTERVAL_SECONDS": str(poll),
+        "MODELPRESS_LOAD_BREAKDOWN": str(breakdown)})
+    try:
+        operator.start()
+        assert operator.process is not None
+        sampler = MemorySampler(operator.process.pid)
+        sampler.start()
+        idle_rss_kb = sampler.read("VmRSS")
+        names = [f"load-{index:04d}" for index in range(jobs)]
+        began = time.monotonic()
+        with ThreadPoolExecutor(max_workers=min(64, jobs)) as pool:
+            list(pool.map(lambda name: create_job(api, job_document(name, LIGHT_SPEC)), names))
+        applied_s = time.monotonic() - began
+        deadline = began + timeout
+        while len(timeline.terminal) < jobs and time.monotonic() < deadline:
+            time.sleep(0.2)
+        all_terminal_s = time.monotonic() - began
+        metrics = operator.metrics()
+        high_water_kb = sampler.read("VmHWM")
+        operator_cpu_s = cpu_seconds(operator.process.pid)
+        sampler.stopped.set()
+    finally:
+        operator.stop()
+        api.stop()
+    log = operator.log_path.read_text(errors="replace")
+    latencies = timeline.latencies()
+    phases = [phase for _, phase in timeline.terminal.values()]
+    return {
+        "jobs": jobs, "maxRunsInFlight": max_runs, "pollSeconds": poll, "runner": runner,
+        "applySeconds": round(applied_s, 2),
+        "givenAPhase": len(latencies), "terminal": len(timeline.terminal),
+        "succeeded": phases.count("Succeeded"), "failed": phases.count("Failed"),
+        "allTerminalSeconds": round(all_terminal_s, 1),
+        "applyToPendingSeconds": {
+            "p50": round(statistics.median(latencies), 3) if latencies else None,
+            "p95": round(percentile(latencies, 0.95), 3) if latencies else None,
+            "max": round(max(latencies), 3) if latencies else None},
+        "firstPhases": sorted({phase for _, phase in timeline.first_phase.values()}),
+        "operatorRssMB": {"idle": round(idle_rss_kb / 1024, 1),
+                          "peakSampled": round(sampler.peak_kb / 1024, 1),
+                          "highWater": round(high_water_kb / 1024, 1)},
+        "operatorCpuSeconds": round(operator_cpu_s, 1),
+        "reconcileErrorsTotal": reconcile_errors(metrics),
+        "handlerFailuresInLog": len(re.findall(r"Handler '[^']+' failed", log)),
+        **runs_started(root / "runs"),
+        "operatorLog": str(operator.log_path),
+        "wallTimeInOperator": breakdown_of(breakdown),
+    }
+
+
+def verdict(report: dict[str, Any]) -> list[str]:
+    """The targets missed (empty when every one is met)."""
+    missed = []
+    if report["terminal"] < report["jobs"]:
+        missed.append(f"only {report['terminal']} of {report['jobs']} jobs became terminal")
+    p95 = report["applyToPendingSeconds"]["p95"]
+    if p95 is None or p95 > TARGET_P95_S:
+        missed.append(f"apply → Pending p95 {p95} s > {TARGET_P95_S} s")
+    if report["operatorRssMB"]["highWater"] > TARGET_RSS_MB:
+        missed.append(f"operator RSS {report['operatorRssMB']['highWater']} MB > "
+                      f"{TARGET_RSS_MB} MB")
+    if report["runFolders"] != report["jobs"] or report["runsStartedTwice"]:
+        missed.append(f"{report['runFolders']} runs for {report['jobs']} jobs, "
+                      f"{report['runsStartedTwice']} started twice")
+    if report["reconcileErrorsTotal"] or report["handlerFailuresInLog"]:
+        missed.append(f"{report['reconcileErrorsTotal']:g} reconcile errors, "
+                      f"{report['handlerFailuresInLog']} handler failures in the log")
+    return missed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--max-runs", type=int, default=2,
+                        help="MODELPRESS_MAX_RUNS_IN_FLIGHT of the operator (its default: 2)")
+    parser.add_argument("--poll", type=float, default=1.0,
+                        help="MODELPRESS_POLL_INTERVAL_SECONDS of the operator")
+    parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--runner", default="fake_runners:succeed")
+    parser.add_argument("--json", type=Path, help="also write the report here")
+    arguments = parser.parse_args()
+    report = run(arguments.jobs, arguments.max_runs, arguments.poll, arguments.timeout,
+                 arguments.runner)
+    missed = verdict(report)
+    report["targetsMissed"] = missed
+    text = json.dumps(report, indent=2)
+    print(text)
+    if arguments.json:
+        arguments.json.write_text(text + "\n")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
