@@ -46,6 +46,8 @@ class LocalBackend:
         self.max_runs = max_runs
         self.runner = runner
         self._workers: dict[str, subprocess.Popen[bytes]] = {}
+        # Runs known to have ended: a run never restarts, so their folders need no more I/O.
+        self._ended: set[str] = set()
         self.workdir.mkdir(parents=True, exist_ok=True)
 
     def submit(self, request: RunRequest) -> str:
@@ -111,11 +113,16 @@ class LocalBackend:
         return self.runs_in_flight() < self.max_runs
 
     def runs_in_flight(self) -> int:
+        """Live workers. Called on every sync of a queued job, so ended runs cost nothing."""
         count = 0
         for folder in self.workdir.iterdir():
+            if folder.name in self._ended:
+                continue
+            if (folder / "exit.json").exists():
+                self._ended.add(folder.name)
+                continue
             worker = _read_json(folder / "worker.json")
-            if worker and not (folder / "exit.json").exists() \
-                    and self._alive(folder.name, worker["pid"]):
+            if worker and self._alive(folder.name, worker["pid"]):
                 count += 1
         return count
 
