@@ -17,7 +17,7 @@ from typing import Any
 from modelpress.api import CompressionSpec
 from modelpress.components import zoo
 from modelpress.components.data import Arrays, input_names, load_dataset, save_arrays
-from modelpress.components.modelio import Manifest, export_onnx, write_manifest
+from modelpress.components.modelio import Manifest, export_onnx, save_torch, write_manifest
 from modelpress.components.result import StepResult, timed
 from modelpress.components.sources import assert_fetchable, builtin_name, fetch_to, file_suffix
 from modelpress.errors import InvalidInput
@@ -126,7 +126,7 @@ def _user_model(spec: CompressionSpec, names: list[str], sample: Arrays,
         local.rename(out / base.file)
         return base, None
     module, manifest = _read_torch(local, spec, base, sample)
-    _save_working(module, manifest, out)
+    save_torch(module, out, manifest)
     local.unlink()
     return manifest, module
 
@@ -225,9 +225,3 @@ def _read_exported(path: Path, uri: str, base: Manifest, sample: Arrays) -> tupl
     example = torch_inputs({k: v[:2] for k, v in sample.items()}, base.inputs)
     traced = torch.jit.trace(program.module(), example, check_trace=False)
     return traced.eval(), base.with_format("torchscript")
-
-
-def _save_working(module: Any, manifest: Manifest, out: Path) -> None:
-    from modelpress.components.modelio import save_torch
-
-    save_torch(module, out, manifest)

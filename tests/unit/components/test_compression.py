@@ -10,45 +10,14 @@ import torch
 
 from modelpress.api import DecomposeStep, QuantizeStep
 from modelpress.components import zoo
-from modelpress.components.decompose import decompose_linears, factorize, rank_for
+from modelpress.components.decompose import decompose_linears
 from modelpress.components.modelio import export_onnx
-from modelpress.components.prune import schedule_sparsities, step_ratios
 from modelpress.components.prune_structured import ffn_blocks, prune_channels, prune_ffn_neurons
 from modelpress.components.quantize import (
     convert_fp16,
     quantize_dynamic_int8,
     quantize_static_qdq,
 )
-
-
-def test_step_ratios_compose_to_the_cumulative_targets() -> None:
-    cumulative = schedule_sparsities(0.9, 4)
-    kept = 1.0
-    for ratio, target in zip(step_ratios(cumulative), cumulative, strict=True):
-        kept *= 1 - ratio
-        assert kept == pytest.approx(1 - target)
-
-
-def test_factorize_is_exact_for_a_low_rank_layer() -> None:
-    torch.manual_seed(0)
-    layer = torch.nn.Linear(64, 48)
-    with torch.no_grad():
-        layer.weight.copy_(torch.randn(48, 4) @ torch.randn(4, 64))
-    factors = factorize(layer, DecomposeStep(energy=0.9999))
-    assert factors is not None and factors[0].out_features == 4
-    x = torch.randn(5, 64)
-    assert torch.allclose(factors(x), layer(x), atol=1e-4)
-
-
-def test_factorize_refuses_when_it_would_not_shrink() -> None:
-    torch.manual_seed(0)
-    assert factorize(torch.nn.Linear(8, 8), DecomposeStep(energy=1.0)) is None
-
-
-def test_rank_ratio_overrides_energy() -> None:
-    values = torch.tensor([4.0, 3.0, 2.0, 1.0])
-    assert rank_for(values, DecomposeStep(rank_ratio=0.5)) == 2
-    assert rank_for(values, DecomposeStep(energy=0.8)) == 2  # (16+9)/30 = 0.83
 
 
 def test_decompose_keeps_the_output_layer() -> None:
