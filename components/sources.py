@@ -9,14 +9,13 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from modelpress.errors import InvalidInput, StoreError
-from modelpress.settings import get_settings
+from modelpress.settings import get_settings, within_allowed_roots
 
 
 def local_file(uri: str) -> Path:
     """The path a file:// uri names; it must exist and lie under an allowed root, if any."""
     path = Path(unquote(urlparse(uri).netloc + urlparse(uri).path)).resolve()
-    roots = [root.resolve() for root in get_settings().allowed_file_roots]
-    if roots and not any(path == root or root in path.parents for root in roots):
+    if not within_allowed_roots(path):
         raise FileNotFoundError(f"{uri} lies outside the allowed roots")
     if not path.is_file():
         raise FileNotFoundError(f"{uri} does not exist")

@@ -108,10 +108,13 @@ def run(job_file: JobArgument,
     """Run the whole job on this machine (kfp.local) and publish its artifacts."""
     from modelpress.components.fetch import check_inputs
     from modelpress.jobfile import load_job
+    from modelpress.store import check_destination
 
     job = _guarded(lambda: load_job(job_file))
     _guarded(lambda: check_inputs(job.spec))
     destination = _output_for(job, output)
+    from_spec = not output and job.spec.output
+    _guarded(lambda: check_destination(destination, "spec.output" if from_spec else "--output"))
     began = time.perf_counter()
     _guarded(lambda: _run_with_progress(job, destination))
     wall_seconds = time.perf_counter() - began

@@ -27,3 +27,13 @@ class Settings(BaseSettings):
 
 def get_settings() -> Settings:
     return Settings()
+
+
+def within_allowed_roots(path: Path, roots: list[Path] | None = None) -> bool:
+    """Whether `path` lies under one of `roots` (default: MODELPRESS_ALLOWED_FILE_ROOTS)
+    once `..` and symlinks are resolved; with no roots set, every path does."""
+    chosen = get_settings().allowed_file_roots if roots is None else roots
+    if not chosen:
+        return True
+    resolved, allowed = path.resolve(), [root.resolve() for root in chosen]
+    return any(resolved == root or root in resolved.parents for root in allowed)

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlparse
 
-from modelpress.errors import StoreError
+from modelpress.errors import InvalidInput, StoreError
+from modelpress.settings import within_allowed_roots
 
 
 @dataclass(frozen=True)
@@ -89,14 +90,37 @@ class LocalStore:
 
 
 def open_store(location: str | Path) -> Store:
-    """A store for `file://…`, a plain path, or `s3://bucket/prefix`."""
+    """A store for `file://…`, a plain path, or `s3://bucket/prefix`; a local one only
+    under MODELPRESS_ALLOWED_FILE_ROOTS when that is set."""
     text = str(location)
     if text.startswith("s3://"):
         from modelpress.s3store import S3Store
 
         return S3Store.from_uri(text)
-    if text.startswith("file://"):
-        return LocalStore(Path(unquote(urlparse(text).path)))
-    if "://" in text:
-        raise StoreError(f"{text}: an output must be a folder, file:// or s3:// uri")
-    return LocalStore(Path(text))
+    folder = local_folder(text)
+    if not within_allowed_roots(folder):
+        raise StoreError(f"{text} lies outside the allowed roots (MODELPRESS_ALLOWED_FILE_ROOTS)")
+    return LocalStore(folder)
+
+
+def local_folder(location: str) -> Path:
+    """The folder a `file://` uri or a plain path names (StoreError for other schemes)."""
+    if location.startswith("file://"):
+        return Path(unquote(urlparse(location).path))
+    if "://" in location:
+        raise StoreError(f"{location}: an output must be a folder, file:// or s3:// uri")
+    return Path(location)
+
+
+def check_destination(location: str, where: str) -> None:
+    """InvalidInput naming `where` when a run could not publish to `location`: a local
+    folder outside the allowed roots (the store refuses it too; this says so before any
+    step runs)."""
+    if location.startswith("s3://"):
+        return
+    try:
+        folder = local_folder(location)
+    except StoreError as error:
+        raise InvalidInput(where, str(error)) from None
+    if not within_allowed_roots(folder):
+        raise InvalidInput(where, f"{location} lies outside the allowed roots")

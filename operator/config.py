@@ -33,6 +33,9 @@ class OperatorSettings(BaseSettings):
         default=None, description="Default: <the job's output>/pipeline-root/.")
     kfp_timeout_seconds: float = Field(default=30.0, gt=0.0)
     kfp_attempts: int = Field(default=4, ge=1, le=20)
+    kfp_token_path: Path | None = Field(
+        default=None, description="A file holding the bearer token for the KFP API (a "
+        "projected service account token for multi-user KFP); read again for every request.")
     kserve_enabled: bool = Field(default=False, description="Patch InferenceServices named by "
                                  "the modelpress.io/inference-service annotation.")
     metrics_address: str = "0.0.0.0"

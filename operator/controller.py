@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -34,6 +35,7 @@ from modelpress.operator.reconcile import (
     RunResults,
     SubmitRun,
     TerminateRun,
+    accept,
     finalize,
     output_of,
     reconcile,
@@ -51,6 +53,9 @@ from modelpress.operator.status import (
 from modelpress.store import open_store
 
 EventSink = Callable[[str, str, str], None]  # (type, reason, message)
+# For how long "every slot is taken" is believed without asking the backend again. A run
+# this operator sees end forgets it at once; this bounds the wait for slots freed elsewhere.
+FULL_FOR_SECONDS = 0.25
 
 
 def utc_now() -> datetime:
@@ -82,7 +87,8 @@ class Controller:
                  results_reader: Callable[[str], RunResults] = read_results,
                  kserve_api: Any = None,
                  copier: Callable[[str, str], None] = promotion.copy_to_target,
-                 clock: Callable[[], datetime] = utc_now) -> None:
+                 clock: Callable[[], datetime] = utc_now,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.backend = backend
         self.config = config
         self.metrics = metrics
@@ -90,6 +96,8 @@ class Controller:
         self._kserve_api = kserve_api
         self._copy = copier
         self._clock = clock
+        self._monotonic = monotonic
+        self._full_until = 0.0  # monotonic time until which no slot is free, as last seen
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         # Admission (capacity check + submit) is one critical section across all jobs.
@@ -100,9 +108,13 @@ class Controller:
         # written then is the one to continue from (no run submitted twice, no event
         # repeated).
         self._written: dict[str, tuple[str, dict[str, Any]]] = {}
+        # Jobs whose phase this process has put in the metrics (a sync or an intake did).
+        self._recorded: set[str] = set()
 
     def sync(self, job: JobView, emit: EventSink) -> dict[str, Any]:
         """Bring `job` one step closer to done; the status merge patch ({} when unchanged)."""
+        if self._still_queued(job):
+            return {}
         with self._lock_for(job.uid):
             current = self._freshest(job)
             before = parse_status(current.status)
@@ -112,8 +124,22 @@ class Controller:
             else:
                 after = self._step(current, emit)
             self.metrics.record(self._key(job), before, after)
+            if after.phase in TERMINAL_PHASES and before.run_id is not None \
+                    and before.phase not in TERMINAL_PHASES:
+                self._full_until = 0.0  # its slot is free now
             self._written[job.uid] = (job.resource_version, after.to_wire())
+            self._recorded.add(job.uid)
             return status_patch(job.status, after)
+
+    def accept(self, job: JobView, emit: EventSink) -> dict[str, Any]:
+        """The status patch of a job just created (see reconcile.accept). No backend and
+        no API call, so the handlers may call it on the event loop."""
+        before, after = parse_status(job.status), accept(job, self._clock(), self.config)
+        for event in transition_events(before, after):
+            emit(event.type, event.reason, event.message)
+        self.metrics.record(self._key(job), before, after)
+        self._recorded.add(job.uid)
+        return status_patch(job.status, after)
 
     def delete(self, job: JobView, emit: EventSink) -> None:
         """The finalizer: terminate a run still in flight, drop the job's metric series."""
@@ -122,8 +148,10 @@ class Controller:
             status = parse_status(job.status)
             for action in finalize(job):
                 self._perform(action, status, job, emit)
+                self._full_until = 0.0
             self.metrics.forget(self._key(job))
             self._written.pop(job.uid, None)
+            self._recorded.discard(job.uid)
         with self._locks_guard:
             self._locks.pop(job.uid, None)
 
@@ -157,9 +185,27 @@ class Controller:
 
     def _observe_capacity(self, now: datetime) -> Observation:
         try:
-            return Observation(now=now, slot_free=self.backend.has_capacity())
+            slot_free = self.backend.has_capacity()
         except BackendError as error:
             return Observation(now=now, slot_free=False, backend_error=str(error))
+        if not slot_free:
+            self._full_until = self._monotonic() + FULL_FOR_SECONDS
+        return Observation(now=now, slot_free=slot_free)
+
+    def _still_queued(self, job: JobView) -> bool:
+        """A job left Queued (by this process: its metrics are recorded), its spec
+        unchanged, while every slot is taken.
+
+        Such a sync has nothing to do. Every queued job's timer asks each poll interval,
+        and each new job's create handler once; with hundreds queued, reconciling each
+        (validating the spec, counting runs in flight under the admission lock) took the
+        time new jobs need to be seen."""
+        status = job.status or {}
+        queued = (status.get("phase") == "Pending" and not status.get("runId")
+                  and status.get("observedGeneration") == job.generation
+                  and any(c.get("type") == "Succeeded" and c.get("reason") == "Queued"
+                          for c in status.get("conditions") or []))
+        return queued and job.uid in self._recorded and self._monotonic() < self._full_until
 
     def _observe_results(self, now: datetime, run: RunState, output: str | None) -> Observation:
         if output is None:

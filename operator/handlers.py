@@ -23,6 +23,7 @@ from modelpress.operator.reconcile import JobView
 POLL_SECONDS = OperatorSettings().poll_interval_seconds
 RETRY_SECONDS = 10.0
 KOPF_PREFIX = f"kopf.{API_GROUP}"
+FINALIZER = f"{API_GROUP}/finalizer"
 T = TypeVar("T")
 
 
@@ -31,11 +32,27 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     """Progress in annotations of kopf's own prefix (the status belongs to the job, and
     modelpress.io/ annotations to the user), our finalizer name, and only warnings of
     kopf's own log turned into Events (ours are explicit)."""
-    settings.persistence.finalizer = f"{API_GROUP}/finalizer"
+    settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=KOPF_PREFIX, key="last-handled-configuration")
     settings.posting.level = logging.WARNING
+
+
+def _brand_new(body: kopf.Body, event: kopf.RawEvent, **_: Any) -> bool:
+    """Created and never handled: no phase, no finalizer of ours yet, not being deleted."""
+    metadata = body.get("metadata", {})
+    return event.get("type") != "DELETED" and not (body.get("status") or {}).get("phase") \
+        and FINALIZER not in (metadata.get("finalizers") or []) \
+        and not metadata.get("deletionTimestamp")
+
+
+@kopf.on.event(API_GROUP, API_VERSION, PLURAL, when=_brand_new)
+async def intake(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    """A new job's first status (Pending, or Failed for an invalid spec) rides on the
+    request that adds kopf's finalizer, instead of waiting a round trip for the create
+    handler. Pure and quick, so it runs on the event loop."""
+    patch.status.update(memo.controller.accept(view_of(body), _events_of(body)))
 
 
 @kopf.on.create(API_GROUP, API_VERSION, PLURAL)

@@ -12,6 +12,7 @@ from modelpress.operator.config import OperatorSettings
 from modelpress.operator.controller import Controller
 from modelpress.operator.metrics import OperatorMetrics
 from modelpress.operator.reconcile import Config
+from modelpress.settings import get_settings
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
@@ -22,6 +23,7 @@ def run_operator(backend: str, namespace: str | None, all_namespaces: bool,
     namespace of the service account or kubeconfig context. InvalidInput for bad options."""
     import kopf
     import prometheus_client
+    import uvloop
 
     import modelpress.operator.handlers  # noqa: F401 - registers the handlers with kopf
 
@@ -35,12 +37,16 @@ def run_operator(backend: str, namespace: str | None, all_namespaces: bool,
     metrics = OperatorMetrics()
     prometheus_client.start_http_server(metrics_port, addr=settings.metrics_address,
                                         registry=metrics.registry)
-    controller = Controller(chosen_backend,
-                            Config(settings.default_output, settings.kserve_enabled), metrics,
+    config = Config(settings.default_output, settings.kserve_enabled,
+                    tuple(get_settings().allowed_file_roots))
+    controller = Controller(chosen_backend, config, metrics,
                             kserve_api=kserve_api() if settings.kserve_enabled else None)
     watched = [] if all_namespaces else [namespace or current_namespace()]
+    # uvloop: kopf's event handling is the operator's bottleneck when many jobs arrive at
+    # once (benchmarks/load_operator.py); kopf's own CLI picks it the same way.
     kopf.run(clusterwide=all_namespaces, namespaces=watched, standalone=True,
-             liveness_endpoint=settings.liveness_endpoint, memo=kopf.Memo(controller=controller))
+             liveness_endpoint=settings.liveness_endpoint, memo=kopf.Memo(controller=controller),
+             loop=uvloop.new_event_loop())
 
 
 def make_backend(name: str, settings: OperatorSettings) -> Backend:
@@ -56,7 +62,7 @@ def make_backend(name: str, settings: OperatorSettings) -> Backend:
                           pipeline_root=settings.kfp_pipeline_root,
                           max_runs=settings.max_runs_in_flight,
                           timeout_seconds=settings.kfp_timeout_seconds,
-                          attempts=settings.kfp_attempts)
+                          attempts=settings.kfp_attempts, token_path=settings.kfp_token_path)
     raise InvalidInput("--backend", f"unknown backend {name!r}: choose local or kfp")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -40,6 +41,8 @@ from modelpress.operator.status import (
     settle_steps,
     with_condition,
 )
+from modelpress.settings import within_allowed_roots
+from modelpress.store import local_folder
 
 INFERENCE_SERVICE_ANNOTATION = "modelpress.io/inference-service"
 TERMINAL_PHASES = ("Succeeded", "Failed")
@@ -85,6 +88,9 @@ class Observation:
 class Config:
     default_output: str  # may name {namespace} and {name}
     kserve_enabled: bool = False
+    # Where file:// outputs and promotion targets may point (MODELPRESS_ALLOWED_FILE_ROOTS);
+    # empty: anywhere the operator can write.
+    allowed_file_roots: tuple[Path, ...] = ()
 
 
 # ----------------------------------------------------------------------------- actions
@@ -131,7 +137,7 @@ class Decision:
 def reconcile(job: JobView, observed: Observation, config: Config) -> Decision:
     """The next status of `job` and what must happen to get there."""
     before = parse_status(job.status)
-    parsed = validate(job)
+    parsed = checked(job, config)
     if _is_settled(before, job):
         status, actions = _settled(job, before, parsed, observed, config)
     elif before.run_id is not None:
@@ -142,6 +148,20 @@ def reconcile(job: JobView, observed: Observation, config: Config) -> Decision:
         status, actions = _admit(job, before, parsed, observed, config)
     status = status.model_copy(update={"observed_generation": job.generation})
     return Decision(status, [*actions, *transition_events(before, status)])
+
+
+def accept(job: JobView, now: datetime, config: Config) -> CompressionStatus:
+    """The first status of a job no sync has seen yet: Pending and queued, or Failed when
+    its spec is invalid. Neither needs the backend, so the operator writes it in the same
+    request as its finalizer and a job has a phase one API round trip after it is applied;
+    the sync that follows admits it."""
+    parsed = checked(job, config)
+    before = parse_status(job.status)
+    if isinstance(parsed, str):
+        status = _invalid(before, parsed, now)
+    else:
+        status = _queued(_pending(before, now), now)
+    return status.model_copy(update={"observed_generation": job.generation})
 
 
 def finalize(job: JobView) -> list[Action]:
@@ -165,17 +185,36 @@ def validate(job: JobView) -> CompressionJob | str:
     return f"spec.promotion.condition: {problem}" if problem else parsed
 
 
+def checked(job: JobView, config: Config) -> CompressionJob | str:
+    """`validate`, and the places the job writes to lie under the allowed roots: a spec
+    may not aim its output or promotion at another job's files or the operator's own."""
+    parsed = validate(job)
+    if isinstance(parsed, str):
+        return parsed
+    for where, location in (("spec.output", parsed.spec.output),
+                            ("spec.promotion.target", parsed.spec.promotion.target)):
+        if location and location.startswith("file://") and not within_allowed_roots(
+                local_folder(location), list(config.allowed_file_roots)):
+            return f"{where}: {location} lies outside the allowed roots"
+    return parsed
+
+
 def output_of(job: CompressionJob, config: Config) -> str:
     return job.spec.output or config.default_output.format(
         namespace=job.metadata.namespace, name=job.metadata.name)
 
 
 def transition_events(before: CompressionStatus, after: CompressionStatus) -> list[EmitEvent]:
-    """One Event per condition whose status or reason changed."""
+    """One Event per condition whose status or reason changed, but for the Promoted
+    condition only a decision is news: not that one is awaited, and not its turning False
+    along with a failed job (which says so once)."""
     events = []
     for condition in after.conditions:
         previous = find_condition(before, condition.type)
         if previous and (previous.status, previous.reason) == (condition.status, condition.reason):
+            continue
+        if condition.type == PROMOTED and (after.phase == "Failed"
+                                           or condition.status == "Unknown"):
             continue
         warning = condition.status == "False" or condition.reason in _WARNING_REASONS
         events.append(EmitEvent("Warning" if warning else "Normal", condition.reason,
@@ -206,18 +245,27 @@ def _invalid(status: CompressionStatus, problem: str, now: datetime) -> Compress
     return _no_promotion(status, "InvalidSpec", f"the spec is invalid: {problem}", now)
 
 
+def _pending(status: CompressionStatus, now: datetime) -> CompressionStatus:
+    status = status.model_copy(update={"phase": "Pending", "finished_at": None})
+    return _awaiting_promotion(status, now)
+
+
+def _queued(status: CompressionStatus, now: datetime) -> CompressionStatus:
+    """Waiting for a slot. One message whether or not a slot was looked for yet, so a job
+    accepted at the cap needs no second status write."""
+    return with_condition(status, SUCCEEDED, "Unknown", "Queued", "waiting for a free slot "
+                          "under the operator's cap on runs in flight", now)
+
+
 def _admit(job: JobView, status: CompressionStatus, parsed: CompressionJob,
            observed: Observation, config: Config) -> tuple[CompressionStatus, list[Action]]:
     now = observed.now
-    status = status.model_copy(update={"phase": "Pending", "finished_at": None})
-    status = _awaiting_promotion(status, now)
+    status = _pending(status, now)
     if observed.backend_error is not None:
         return with_condition(status, SUCCEEDED, "Unknown", "BackendUnavailable",
                               observed.backend_error, now), []
     if not observed.slot_free:
-        return with_condition(status, SUCCEEDED, "Unknown", "Queued",
-                              "the operator's cap on runs in flight is reached; waiting for "
-                              "a free slot", now), []
+        return _queued(status, now), []
     output = output_of(parsed, config)
     status = status.model_copy(update={"steps": planned_steps(parsed.spec),
                                        "artifacts": {"output": output}})

@@ -51,7 +51,7 @@ class KfpBackend:
                  namespace: str | None = None, pipeline_root: str | None = None,
                  max_runs: int = 10, timeout_seconds: float = 30.0, attempts: int = 4,
                  backoff_seconds: float = 1.0, sleep: Callable[[float], None] = time.sleep,
-                 ) -> None:
+                 token_path: Path | None = None) -> None:
         self.host = host
         self.experiment = experiment
         self.namespace = namespace
@@ -61,6 +61,7 @@ class KfpBackend:
         self.attempts = attempts
         self.backoff_seconds = backoff_seconds
         self._sleep = sleep
+        self.token_path = token_path
         self._client: Any = None
         self._experiment_id: str | None = None
 
@@ -146,23 +147,43 @@ class KfpBackend:
         health itself with neither a timeout nor a useful error."""
         import kfp
 
+        from kfp.client.set_volume_credentials import ServiceAccountTokenVolumeCredentials
+
         self._call("health check", self._healthz)
+        # Read again for every request: the kubelet rotates a projected token in place.
+        credentials = ServiceAccountTokenVolumeCredentials(str(self.token_path)) \
+            if self.token_path else None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # "only works with KFP v2…"
-            client = kfp.Client(host=self.host, namespace=self.namespace or "kubeflow")
+            client = kfp.Client(host=self.host, namespace=self.namespace or "kubeflow",
+                                credentials=credentials)
         _bound_requests(client, self.timeout_seconds)
         return client
 
     def _healthz(self) -> None:
         http = urllib3.PoolManager(retries=False, timeout=self.timeout_seconds)
-        response = http.request("GET", f"{self.host.rstrip('/')}/apis/v2beta1/healthz")
+        response = http.request("GET", f"{self.host.rstrip('/')}/apis/v2beta1/healthz",
+                                headers=self._authorization())
         if response.status >= 300:
             raise ApiException(status=response.status, reason=response.reason)
+
+    def _authorization(self) -> dict[str, str]:
+        """The bearer token of MODELPRESS_KFP_TOKEN_PATH (a multi-user KFP wants one)."""
+        if self.token_path is None:
+            return {}
+        try:
+            token = self.token_path.read_text(encoding="utf-8").strip()
+        except OSError as error:
+            raise BackendError(f"the KFP token file {self.token_path} cannot be read: "
+                               f"{error.strerror or type(error).__name__}") from None
+        return {"Authorization": f"Bearer {token}"}
 
     def _call(self, what: str, operation: Callable[[], T]) -> T:
         for attempt in range(self.attempts):
             try:
                 return operation()
+            except BackendError:
+                raise  # already says what is wrong, and no retry mends it
             except Exception as error:
                 if isinstance(error, ApiException) and error.status == 404:
                     raise _NotFound(what) from None

@@ -158,6 +158,33 @@ def test_every_setting_the_chart_sets_exists(manifests: list[dict[str, Any]]) ->
     assert {name for name in names if name.startswith("MODELPRESS_")} <= known
 
 
+def test_jobs_are_confined_to_the_allowed_file_roots(manifests: list[dict[str, Any]],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """By default no file:// uri reaches the run folders or the operator's own files."""
+    value = env_of(operator_container(manifests))["MODELPRESS_ALLOWED_FILE_ROOTS"]["value"]
+    monkeypatch.setenv("MODELPRESS_ALLOWED_FILE_ROOTS", value)
+    assert Settings().allowed_file_roots == [Path("/var/lib/modelpress/files")]
+    widened = render({"files": {"allowedRoots": ["/models", "/data"]}})
+    env = env_of(operator_container(widened))
+    assert json.loads(env["MODELPRESS_ALLOWED_FILE_ROOTS"]["value"]) == ["/models", "/data"]
+
+
+def test_multi_user_kfp_gets_a_projected_token_by_path() -> None:
+    manifests = render({"backend": "kfp", "kfp": {"serviceAccountToken": {"enabled": True}}})
+    container = operator_container(manifests)
+    path = env_of(container)["MODELPRESS_KFP_TOKEN_PATH"]["value"]
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == "kfp-token"]
+    assert Path(path).parent == Path(mount["mountPath"]) and mount["readOnly"] is True
+    [deployment] = by_kind(manifests, "Deployment")
+    [volume] = [v for v in deployment["spec"]["template"]["spec"]["volumes"]
+                if v["name"] == "kfp-token"]
+    [source] = volume["projected"]["sources"]
+    assert source["serviceAccountToken"]["path"] == Path(path).name
+    assert source["serviceAccountToken"]["audience"] == "pipelines.kubeflow.org"
+    plain = env_of(operator_container(render({"backend": "kfp"})))
+    assert "MODELPRESS_KFP_TOKEN_PATH" not in plain  # single-user KFP: no token
+
+
 def test_credentials_come_only_from_an_existing_secret() -> None:
     manifests = render({"s3": {"credentials": {"existingSecret": "minio-creds"}}})
     assert not by_kind(manifests, "Secret")
@@ -171,7 +198,9 @@ def test_credentials_come_only_from_an_existing_secret() -> None:
 def test_no_credential_is_a_literal_value(manifests: list[dict[str, Any]]) -> None:
     assert not by_kind(manifests, "Secret")
     for name, variable in env_of(operator_container(manifests)).items():
-        if any(word in name for word in ("KEY", "SECRET", "PASSWORD", "TOKEN")):
+        if name.endswith("_PATH"):  # where a mounted credential lies, not the credential
+            assert variable["value"].startswith("/var/run/secrets/"), name
+        elif any(word in name for word in ("KEY", "SECRET", "PASSWORD", "TOKEN")):
             assert "value" not in variable, name
 
 
@@ -183,7 +212,8 @@ def _rules(manifests: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
 
 
 OPERATOR_RULES = {
-    ("modelpress.io", "compressionjobs", "list"), ("modelpress.io", "compressionjobs", "watch"), ("modelpress.io", "compressionjobs", "patch"),
+    ("modelpress.io", "compressionjobs", "list"), ("modelpress.io", "compressionjobs", "watch"),
+    ("modelpress.io", "compressionjobs", "patch"),
     ("modelpress.io", "compressionjobs/status", "patch"),
     ("", "events", "create"),
 }

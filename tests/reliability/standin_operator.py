@@ -30,22 +30,24 @@ JOBS_PATH = "/apis/modelpress.io/v1alpha1/namespaces/{namespace}/compressionjobs
 TERMINAL = ("Succeeded", "Failed")
 START_TIMEOUT_S = 60.0
 
-if str(STANDIN) not in sys.path:
-    sys.path.insert(0, str(STANDIN))
+for _helpers in (STANDIN, FAKE_RUNNERS):  # the API stand-in; the KFP stand-in
+    if str(_helpers) not in sys.path:
+        sys.path.insert(0, str(_helpers))
 
 from kube_standin import KubeStandIn  # noqa: E402
 
-# The operator's entry point, with the local backend's runner swapped for a fake one.
+# The operator's entry point; with the local backend, its runner swapped for a fake one.
 # `{prologue}` is code of the caller's that runs first (the load benchmark's timers).
 LAUNCH = """
 import sys
 from modelpress.operator import main
 from modelpress.operator.backends.local import LocalBackend
 {prologue}
-runner, metrics_port = sys.argv[1], int(sys.argv[2])
-main.make_backend = lambda name, settings: LocalBackend(
-    settings.local_workdir, settings.max_runs_in_flight, runner=runner)
-main.run_operator("local", "default", False, metrics_port)
+runner, metrics_port, backend = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+if backend == "local":
+    main.make_backend = lambda name, settings: LocalBackend(
+        settings.local_workdir, settings.max_runs_in_flight, runner=runner)
+main.run_operator(backend, "default", False, metrics_port)
 """
 
 
@@ -87,6 +89,7 @@ class OperatorProcess:
     root: Path
     api: KubeStandIn
     runner: str = "fake_runners:succeed"
+    backend: str = "local"  # or "kfp": MODELPRESS_KFP_HOST in extra_env names the API
     extra_env: dict[str, str] = field(default_factory=dict)
     name: str = "operator"
     prologue: str = ""
@@ -120,7 +123,7 @@ class OperatorProcess:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-c", LAUNCH.format(prologue=self.prologue), self.runner,
-                 str(self.metrics_port)],
+                 str(self.metrics_port), self.backend],
                 env=self.environment(), cwd=self.root, stdout=log,
                 stderr=subprocess.STDOUT)
         wait_until("the operator's liveness endpoint", self.live, timeout=START_TIMEOUT_S)

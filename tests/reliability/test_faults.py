@@ -56,6 +56,8 @@ from modelpress_test_servers import (
 from modelpress_test_servers import stop as stop_server
 
 from modelpress.components.sources import local_file
+from modelpress.errors import StoreError
+from modelpress.store import open_store
 
 pytestmark = pytest.mark.e2e
 PUBLISHED = ("results.json", "report.html", "lineage.json")
@@ -361,11 +363,46 @@ def escape_attempt(folder: Path, case: Escape) -> Outcome:
     return Outcome(completed, folder)
 
 
+@dataclass(frozen=True)
+class WriteEscape:
+    id: str
+    field: str  # what the error names: the flag or the spec field
+    output: Callable[[Path], str]  # of the case's folder
+    from_spec: bool  # spec.output, else --output
+
+
+WRITE_ESCAPES = [
+    WriteEscape("output-flag-outside", "--output", lambda f: str(f / "outside" / "out"), False),
+    WriteEscape("output-spec-dot-dot", "spec.output",
+                lambda f: f"file://{f}/allowed/../outside/out", True),
+    WriteEscape("output-spec-symlinked", "spec.output",
+                lambda f: f"file://{f}/allowed/outside-link/out", True),
+]
+
+
+def write_escape_attempt(folder: Path, case: WriteEscape) -> Outcome:
+    _plant(folder)
+    spec = json.loads(json.dumps(LIGHT_SPEC))
+    flag: list[str] = []
+    if case.from_spec:
+        spec["output"] = case.output(folder)
+    else:
+        flag = ["--output", case.output(folder)]
+    job = write_job(folder, case.id, spec)
+    settings = {"MODELPRESS_ALLOWED_FILE_ROOTS": json.dumps([str(folder / "allowed")])}
+    completed = cli("run", str(job), *flag, cwd=folder, env=environment(folder, **settings))
+    return Outcome(completed, folder)
+
+
 # ------------------------------------------------------------------------- the runs
 
 
 def _escape_in_new_folder(factory: pytest.TempPathFactory, case: Escape) -> Outcome:
     return escape_attempt(factory.mktemp(case.id), case)
+
+
+def _write_escape_in_new_folder(factory: pytest.TempPathFactory, case: WriteEscape) -> Outcome:
+    return write_escape_attempt(factory.mktemp(case.id), case)
 
 
 @pytest.fixture(scope="module")
@@ -377,6 +414,8 @@ def outcomes(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory
         "endpoint-lost": lambda: endpoint_lost_while_publishing(
             tmp_path_factory.mktemp("lost"), s3_server),
         **{case.id: partial(_escape_in_new_folder, tmp_path_factory, case) for case in ESCAPES},
+        **{case.id: partial(_write_escape_in_new_folder, tmp_path_factory, case)
+           for case in WRITE_ESCAPES},
     }
     with ThreadPoolExecutor(max_workers=4) as pool:
         yield {name: pool.submit(run) for name, run in scenarios.items()}
@@ -419,6 +458,26 @@ def test_a_file_outside_the_allowed_roots_is_refused(case: Escape,
     outcome = outcomes[case.id].result()
     assert_clean_failure(outcome, 2, case.field, "outside the allowed roots")
     assert not (outcome.folder / "out").exists(), outcome.shown()
+
+
+@pytest.mark.parametrize("case", WRITE_ESCAPES, ids=[case.id for case in WRITE_ESCAPES])
+def test_an_output_outside_the_allowed_roots_is_refused_before_any_step(
+        case: WriteEscape, outcomes: dict[str, Future[Outcome]]) -> None:
+    outcome = outcomes[case.id].result()
+    assert_clean_failure(outcome, 2, case.field, "outside the allowed roots")
+    assert not (outcome.folder / "outside" / "out").exists(), outcome.shown()
+
+
+def test_the_store_refuses_a_folder_outside_the_allowed_roots(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last line of defence, for any writer that skipped the check before the run."""
+    _plant(tmp_path)
+    monkeypatch.setenv("MODELPRESS_ALLOWED_FILE_ROOTS", json.dumps([str(tmp_path / "allowed")]))
+    assert open_store(tmp_path / "allowed" / "out").root_uri.startswith("file://")
+    for escape in (tmp_path / "outside", tmp_path / "allowed" / "outside-link" / "out",
+                   f"file://{tmp_path}/allowed/../outside"):
+        with pytest.raises(StoreError, match="outside the allowed roots"):
+            open_store(escape)
 
 
 def test_the_allowed_roots_let_their_own_files_through(tmp_path: Path,

@@ -8,8 +8,9 @@ stderr, every object in the bucket (bytes and metadata; results.json, report.htm
 lineage.json included), files the run left behind, and, for the operator, job statuses,
 Events, the operator's log, its metrics, and the run folders with the workers' logs.
 
-The KFP backend reads no token (kfp.Client is given the host only, so it sends no
-credentials), so there is no KFP token to plant.
+A planted KFP bearer token (MODELPRESS_KFP_TOKEN_PATH) goes the same way: an operator on
+the KFP backend submits one job with it to a KFP stand-in that demands it, then a wrong
+token is refused; neither token shows in statuses, Events or the operator's debug log.
 """
 
 from __future__ import annotations
@@ -47,17 +48,21 @@ class Planted:
     secret_key: str  # the server's real AWS_SECRET_ACCESS_KEY
     wrong_secret_key: str
     session_token: str
+    kfp_token: str
+    wrong_kfp_token: str
 
     def all(self) -> dict[str, str]:
         return {"AWS_SECRET_ACCESS_KEY": self.secret_key,
                 "wrong AWS_SECRET_ACCESS_KEY": self.wrong_secret_key,
-                "AWS_SESSION_TOKEN": self.session_token}
+                "AWS_SESSION_TOKEN": self.session_token,
+                "the KFP token": self.kfp_token, "a wrong KFP token": self.wrong_kfp_token}
 
 
 @pytest.fixture(scope="module")
 def planted(s3_server: S3Server) -> Planted:
     return Planted(s3_server.secret_key, f"wrong-{secrets.token_urlsafe(24)}",
-                   f"token-{secrets.token_urlsafe(24)}")
+                   f"token-{secrets.token_urlsafe(24)}", f"kfp-{secrets.token_urlsafe(24)}",
+                   f"wrong-kfp-{secrets.token_urlsafe(24)}")
 
 
 def assert_no_secret(text: str | bytes, where: str, planted: Planted) -> None:
@@ -270,3 +275,68 @@ def test_the_operators_bucket_holds_no_secret(s3_server: S3Server,
     assert "default/published/results.json" in objects
     assert not any(name.startswith("default/refused/") and ".tmp" not in name
                    for name in objects)
+
+
+# ------------------------------------------------------------------- the KFP bearer token
+
+
+@dataclass
+class KfpOutcome:
+    root: Path
+    jobs: dict[str, dict[str, Any]]
+    events: list[dict[str, Any]]
+    authorizations: list[str | None]
+
+
+def _condition(job: dict[str, Any]) -> dict[str, Any]:
+    return next((c for c in (job.get("status") or {}).get("conditions", [])
+                 if c["type"] == "Succeeded"), {})
+
+
+@pytest.fixture(scope="module")
+def kfp_outcome(planted: Planted, tmp_path_factory: pytest.TempPathFactory
+                ) -> Iterator[KfpOutcome]:
+    from kfp_standin import KfpStandIn
+
+    root = tmp_path_factory.mktemp("kfp-leak")
+    token_file = root / "kfp-token"
+    token_file.write_text(planted.kfp_token)
+    api, kfp = start_standin(), KfpStandIn().start()
+    kfp.state.token = planted.kfp_token
+    operator = OperatorProcess(root, api, backend="kfp", name="operator-kfp", extra_env={
+        "MODELPRESS_KFP_HOST": kfp.url, "MODELPRESS_KFP_TOKEN_PATH": str(token_file),
+        "MODELPRESS_KFP_ATTEMPTS": "1", "MODELPRESS_LOG_DEBUG": "true",
+        "MODELPRESS_DEFAULT_OUTPUT": "s3://modelpress/{namespace}/{name}/"})
+    try:
+        operator.start()
+        create_job(api, job_document("kfp-accepted", LIGHT_SPEC))
+        wait_until("a run for kfp-accepted", lambda: (jobs(api).get("kfp-accepted", {})
+                                                      .get("status") or {}).get("runId"), 60)
+        token_file.write_text(planted.wrong_kfp_token)  # rotated to one the API refuses
+        create_job(api, job_document("kfp-refused", LIGHT_SPEC))
+        wait_until("kfp-refused to be refused", lambda: "401" in _condition(
+            jobs(api).get("kfp-refused", {})).get("message", ""), 60)
+        yield KfpOutcome(root, jobs(api), events(api), list(kfp.state.authorizations))
+    finally:
+        operator.stop()
+        kfp.stop()
+        api.stop()
+
+
+def test_the_kfp_token_is_sent_and_a_wrong_one_refused(kfp_outcome: KfpOutcome,
+                                                       planted: Planted) -> None:
+    assert f"Bearer {planted.kfp_token}" in kfp_outcome.authorizations
+    assert f"Bearer {planted.wrong_kfp_token}" in kfp_outcome.authorizations
+    assert None not in kfp_outcome.authorizations  # no request went without one
+    refused = _condition(kfp_outcome.jobs["kfp-refused"])
+    assert "refused: HTTP 401" in refused["message"], refused
+
+
+def test_no_kfp_token_in_statuses_events_or_the_log(kfp_outcome: KfpOutcome,
+                                                   planted: Planted) -> None:
+    for name, job in kfp_outcome.jobs.items():
+        assert_no_secret(json.dumps(job), f"job {name}", planted)
+    assert_no_secret(json.dumps(kfp_outcome.events), "the Events", planted)
+    log = kfp_outcome.root / "operator-kfp.log"
+    assert log.stat().st_size
+    assert_no_secret(log.read_bytes(), "the operator's log", planted)

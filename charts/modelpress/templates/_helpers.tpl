@@ -61,6 +61,8 @@ modelpress-operator
   value: {{ .Values.operator.pollIntervalSeconds | quote }}
 - name: MODELPRESS_KSERVE_ENABLED
   value: {{ .Values.promotion.kserve.enabled | quote }}
+- name: MODELPRESS_ALLOWED_FILE_ROOTS
+  value: {{ .Values.files.allowedRoots | toJson | quote }}
 {{- if eq .Values.backend "local" }}
 - name: MODELPRESS_LOCAL_WORKDIR
   value: /var/lib/modelpress/runs
@@ -81,6 +83,10 @@ modelpress-operator
   value: {{ .Values.kfp.timeoutSeconds | quote }}
 - name: MODELPRESS_KFP_ATTEMPTS
   value: {{ .Values.kfp.attempts | quote }}
+{{- if .Values.kfp.serviceAccountToken.enabled }}
+- name: MODELPRESS_KFP_TOKEN_PATH
+  value: /var/run/secrets/kubeflow/pipelines/token
+{{- end }}
 {{- end }}
 {{- with .Values.s3.endpoint }}
 - name: MODELPRESS_S3_ENDPOINT

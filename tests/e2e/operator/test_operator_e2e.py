@@ -93,6 +93,12 @@ class Cluster:
         return [(e["type"], e["reason"]) for e in self.api.objects("events", "default")
                 if e["involvedObject"]["name"] == name]
 
+    def first_write(self, name: str) -> dict[str, Any]:
+        """The job as the operator's first write left it (the API server's history)."""
+        return next(obj for _, type_, kind, obj in list(self.api.store.history)
+                    if type_ == "MODIFIED" and kind.plural == "compressionjobs"
+                    and obj["metadata"]["name"] == name)
+
     def apply(self, name: str, annotations: dict[str, str] | None = None,
               **spec_changes: Any) -> None:
         """kubectl apply the digits example under `name`, changed as asked."""
@@ -226,6 +232,16 @@ def test_the_restart_submitted_nothing_twice(cluster: Cluster, finished: str) ->
     assert cluster.events(finished).count(("Normal", "Submitted")) == 1
 
 
+def test_the_first_write_gives_the_job_its_phase(cluster: Cluster, finished: str) -> None:
+    """The intake's Pending goes out in kopf's first cycle (with its finalizer), before
+    the create handler: no backend call stands between an apply and a phase."""
+    first = cluster.first_write(finished)
+    assert first["status"]["phase"] == "Pending" and "runId" not in first["status"]
+    assert [c["reason"] for c in first["status"]["conditions"]] == ["Queued", "AwaitingResults"]
+    assert "kopf.modelpress.io/last-handled-configuration" not in first["metadata"].get(
+        "annotations", {})  # kopf had not run a change handler yet
+
+
 def test_the_promoted_model_is_at_the_target(cluster: Cluster, finished: str) -> None:
     status = cluster.status(finished)
     assert status["promotion"]["decision"] == "Promoted"
@@ -269,7 +285,10 @@ def test_a_spec_the_schema_lets_by_fails_naming_the_field(cluster: Cluster,
     failed = next(c for c in status["conditions"] if c["type"] == "Succeeded")
     assert failed["reason"] == "InvalidSpec"
     assert "steps[0]: quantize must be the last step" in failed["message"]
-    assert ("Warning", "InvalidSpec") in cluster.events("backwards")
+    # Events are posted after the status is written: wait for it, then count.
+    assert wait_until("the event", lambda: cluster.events("backwards")) == [
+        ("Warning", "InvalidSpec")]
+    assert cluster.first_write("backwards")["status"]["phase"] == "Failed"
     assert "runId" not in status
 
 

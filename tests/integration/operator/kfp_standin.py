@@ -2,7 +2,8 @@
 
 It serves what the kfp backend uses (healthz, experiments, runs create/get/list/terminate)
 with KFP's snake_case JSON, keeps runs in memory, lets a test move a run through its
-states, and injects faults: the next N requests answer with a status code, or stall.
+states, injects faults (the next N requests answer with a status code, or stall), and can
+demand a bearer token.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ class KfpState:
     requests: list[tuple[str, str]] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # When set, a request without "Authorization: Bearer <token>" is answered 401, as
+    # multi-user KFP does; every Authorization header received is kept.
+    token: str | None = None
+    authorizations: list[str | None] = field(default_factory=list)
 
     def take_fault(self, method: str, path: str) -> Fault | None:
         with self.lock:
@@ -127,6 +132,10 @@ def _handler(state: KfpState) -> type[BaseHTTPRequestHandler]:
         def _serve(self, method: str) -> None:
             url = urlparse(self.path)
             state.requests.append((method, url.path))
+            state.authorizations.append(self.headers.get("Authorization"))
+            if state.token is not None \
+                    and self.headers.get("Authorization") != f"Bearer {state.token}":
+                return self._send(401, {"error": "no valid bearer token", "code": 16})
             length = int(self.headers.get("Content-Length") or 0)
             body = json.loads(self.rfile.read(length) or b"{}") if length else {}
             fault = state.take_fault(method, url.path)

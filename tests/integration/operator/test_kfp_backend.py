@@ -172,3 +172,45 @@ def test_an_unreachable_api_says_where_it_looked() -> None:
                                            rf"http://127.0.0.1:{port} is unreachable after 2 "
                                            r"attempt\(s\)"):
         kfp.submit(request())
+
+
+# ------------------------------------------------------------------------ bearer token
+
+
+TOKEN = "eyJhbGciOi.planted-kfp-token.c2lnbmF0dXJl"
+
+
+def test_every_request_carries_the_token_from_its_file(kfp_api: KfpStandIn,
+                                                        tmp_path: Path) -> None:
+    kfp_api.state.token = TOKEN
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    kfp = backend(kfp_api.url, token_path=token_file)
+    run_id = kfp.submit(request())
+    assert kfp.poll(run_id).phase == "Pending"
+    assert kfp_api.state.authorizations and set(kfp_api.state.authorizations) == {
+        f"Bearer {TOKEN}"}
+    rotated = TOKEN.replace("planted", "rotated")
+    kfp_api.state.token = rotated
+    token_file.write_text(rotated)  # what the kubelet does to a projected token
+    assert kfp.poll(run_id).phase == "Pending"
+    assert kfp_api.state.authorizations[-1] == f"Bearer {rotated}"
+
+
+def test_a_refused_token_is_a_clear_error_without_the_token(kfp_api: KfpStandIn,
+                                                            tmp_path: Path) -> None:
+    kfp_api.state.token = "the-server-wants-another"
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    with pytest.raises(BackendError) as raised:
+        backend(kfp_api.url, token_path=token_file).submit(request())
+    assert "refused: HTTP 401" in str(raised.value)
+    assert TOKEN not in str(raised.value)
+    assert kfp_api.count("GET", "/healthz") == 1  # not retried
+
+
+def test_a_missing_token_file_is_named(kfp_api: KfpStandIn, tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-token"
+    with pytest.raises(BackendError, match=f"the KFP token file {missing} cannot be read"):
+        backend(kfp_api.url, token_path=missing).submit(request())
+    assert kfp_api.state.requests == []

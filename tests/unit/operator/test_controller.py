@@ -10,7 +10,7 @@ import pytest
 from opfixtures import CONFIG, NOW, OUTPUT, job, run_results, spec
 
 from modelpress.operator.backends.base import BackendError, RunRequest, RunState
-from modelpress.operator.controller import Controller, view_of
+from modelpress.operator.controller import FULL_FOR_SECONDS, Controller, view_of
 from modelpress.operator.metrics import OperatorMetrics
 from modelpress.operator.reconcile import JobView, RunResults
 
@@ -25,6 +25,7 @@ class FakeBackend:
     fail_with: str | None = None
     submitted: list[RunRequest] = field(default_factory=list)
     terminated: list[str] = field(default_factory=list)
+    capacity_checks: int = 0
 
     def submit(self, request: RunRequest) -> str:
         if self.fail_with:
@@ -41,6 +42,7 @@ class FakeBackend:
         self.terminated.append(run_id)
 
     def has_capacity(self) -> bool:
+        self.capacity_checks += 1
         in_flight = len(self.submitted) - len(self.terminated)
         return in_flight < self.capacity
 
@@ -67,11 +69,22 @@ class Copier:
         self.copies.append((output, target))
 
 
+@dataclass
+class Ticks:
+    """A monotonic clock the test moves."""
+
+    now: float = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def _controller(backend: FakeBackend, copier: Copier | None = None,
-                results: RunResults | None = None) -> Controller:
+                results: RunResults | None = None, ticks: Ticks | None = None) -> Controller:
     return Controller(backend, CONFIG, OperatorMetrics(),  # type: ignore[arg-type]
                       results_reader=lambda output: results or run_results(),
-                      copier=copier or Copier(), clock=lambda: NOW)
+                      copier=copier or Copier(), clock=lambda: NOW,
+                      monotonic=ticks or Ticks())
 
 
 def _apply(view: JobView, patch: dict[str, Any]) -> JobView:
@@ -136,6 +149,61 @@ def test_jobs_beyond_the_cap_are_queued_until_a_slot_frees() -> None:
     controller.sync(first, Events())
     backend.terminated.append("run-1")  # the finished run no longer holds a slot
     assert controller.sync(_apply(second, queued), Events())["runId"] == "run-2"
+
+
+def _one_running_one_queued(ticks: Ticks) -> tuple[Controller, FakeBackend, JobView, JobView]:
+    backend = FakeBackend(capacity=1)
+    controller = _controller(backend, ticks=ticks)
+    first = _apply(job(), controller.sync(job(), Events()))
+    second = JobView("ml", "other", "uid-2", 1, spec(), {})
+    second = _apply(second, controller.sync(second, Events()))
+    return controller, backend, first, second
+
+
+def test_a_queued_job_costs_the_backend_nothing_while_every_slot_is_taken() -> None:
+    ticks = Ticks()
+    controller, backend, _, second = _one_running_one_queued(ticks)
+    checks = backend.capacity_checks
+    for _ in range(50):  # its timer, every poll interval
+        assert controller.sync(second, Events()) == {}
+    assert backend.capacity_checks == checks
+    ticks.now += FULL_FOR_SECONDS + 0.01  # a slot may have been freed elsewhere: ask again
+    assert controller.sync(second, Events()) == {}
+    assert backend.capacity_checks == checks + 1
+
+
+def test_a_run_seen_ending_frees_its_slot_for_the_next_sync_at_once() -> None:
+    ticks = Ticks()  # never moves: only the run's end can tell the slot is free
+    controller, backend, first, second = _one_running_one_queued(ticks)
+    backend.phase = "Succeeded"
+    controller.sync(first, Events())
+    backend.terminated.append("run-1")
+    assert controller.sync(second, Events())["runId"] == "run-2"
+
+
+def test_accept_writes_the_first_status_without_the_backend() -> None:
+    backend, events = FakeBackend(), Events()
+    controller = _controller(backend)
+    patch = controller.accept(job(), events)
+    assert patch["phase"] == "Pending" and "runId" not in patch
+    assert [(t, r) for t, r, _ in events.seen] == [("Normal", "Queued")]
+    assert backend.capacity_checks == 0 and backend.submitted == []
+    assert controller.metrics.registry.get_sample_value(
+        "modelpress_jobs", {"namespace": "ml", "phase": "Pending"}) == 1
+    follow = controller.sync(_apply(job(), patch), events)  # the create handler's sync
+    assert follow["runId"] == "run-1"
+    assert events.reasons().count("Queued") == 1
+
+
+def test_accept_fails_an_invalid_job_with_one_warning() -> None:
+    bad = spec()
+    bad["steps"][0]["prune"]["sparsity"] = 1.5
+    events = Events()
+    controller = _controller(FakeBackend())
+    patch = controller.accept(job(bad), events)
+    assert patch["phase"] == "Failed"
+    assert [(t, r) for t, r, _ in events.seen] == [("Warning", "InvalidSpec")]
+    assert controller.sync(_apply(job(bad), patch), events) == {}  # settled: nothing more
 
 
 def test_backend_outage_is_visible_and_recovers() -> None:

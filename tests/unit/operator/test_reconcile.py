@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +27,7 @@ from modelpress.operator.reconcile import (
     Observation,
     Promote,
     SubmitRun,
+    accept,
     finalize,
     reconcile,
     transition_events,
@@ -312,11 +314,62 @@ def test_events_follow_condition_transitions_only() -> None:
     assert not [a for a in again.actions if isinstance(a, EmitEvent)]
 
 
-def test_failure_events_are_warnings() -> None:
+def _events(actions: list[Any]) -> list[tuple[str, str]]:
+    return [(a.type, a.reason) for a in actions if isinstance(a, EmitEvent)]
+
+
+def test_a_failed_job_says_so_in_one_warning() -> None:
     result = reconcile(job(status=in_flight()), Observation(NOW, run=run(
         "Failed", failed_step="quantize", message="no calibration")), CONFIG)
-    events = {(a.type, a.reason) for a in result.actions if isinstance(a, EmitEvent)}
-    assert events == {("Warning", "StepFailed"), ("Warning", "JobFailed")}
+    assert _events(result.actions) == [("Warning", "StepFailed")]
+    assert _reason(result.status, "Promoted") == "JobFailed"  # in the status, not an Event
+
+
+def test_an_invalid_spec_gets_one_warning_naming_the_field() -> None:
+    result = reconcile(job(_bad_sparsity()), Observation(NOW), CONFIG)
+    (event,) = [a for a in result.actions if isinstance(a, EmitEvent)]
+    assert (event.type, event.reason) == ("Warning", "InvalidSpec")
+    assert event.message.startswith("spec.steps[0].prune.sparsity: ")
+
+
+def test_awaiting_a_promotion_decision_is_no_event_but_the_decision_is() -> None:
+    queued = reconcile(job(), Observation(NOW, slot_free=False), CONFIG)
+    assert _events(queued.actions) == [("Normal", "Queued")]
+    done = reconcile(job(status=in_flight()),
+                     Observation(NOW, run=run("Succeeded"), results=run_results()), CONFIG)
+    assert ("Normal", "GatesPassed") in _events(done.actions)
+
+
+# -------------------------------------------------------------------------------- accept
+
+
+def test_accept_queues_a_valid_new_job_without_a_backend() -> None:
+    status = accept(job(generation=3), NOW, CONFIG)
+    assert status.phase == "Pending" and status.run_id is None
+    assert status.observed_generation == 3
+    assert _reason(status) == "Queued" and _reason(status, "Promoted") == "AwaitingResults"
+
+
+def test_accept_fails_an_invalid_job_at_once_naming_the_field() -> None:
+    status = accept(job(_bad_sparsity()), NOW, CONFIG)
+    assert status.phase == "Failed" and _reason(status) == "InvalidSpec"
+    assert find_condition(status, "Succeeded").message.startswith(  # type: ignore[union-attr]
+        "spec.steps[0].prune.sparsity: ")
+    assert status.promotion is not None and status.promotion.decision == "Rejected"
+
+
+def test_an_accepted_job_found_at_the_cap_needs_no_second_write() -> None:
+    """The sync after the intake, with every slot taken, changes nothing."""
+    accepted = accept(job(), NOW, CONFIG)
+    later = reconcile(job(status=accepted.to_wire()), Observation(NOW, slot_free=False), CONFIG)
+    assert later.status == accepted
+    assert later.actions == []
+
+
+def test_an_accepted_job_is_submitted_by_the_next_sync_when_a_slot_is_free() -> None:
+    accepted = accept(job(), NOW, CONFIG).to_wire()
+    decision = reconcile(job(status=accepted), Observation(NOW), CONFIG)
+    assert _kinds(decision.actions) == ["SubmitRun"]
 
 
 def test_transition_time_moves_only_when_condition_status_changes() -> None:
@@ -342,3 +395,51 @@ FINALIZE = [
 @pytest.mark.parametrize(("before", "actions"), FINALIZE)
 def test_finalize(before: dict[str, Any], actions: list[str]) -> None:
     assert _kinds(finalize(job(status=before))) == actions
+
+
+# ------------------------------------------------------------------- where a job writes
+
+
+def _confined(tmp_path: Path) -> Config:
+    (tmp_path / "allowed").mkdir()
+    (tmp_path / "allowed" / "escape").symlink_to(tmp_path)
+    return Config(default_output="s3://modelpress/{namespace}/{name}/",
+                  allowed_file_roots=(tmp_path / "allowed",))
+
+
+@pytest.mark.parametrize(("field", "where"), [
+    ("output", "spec.output"), ("target", "spec.promotion.target")])
+@pytest.mark.parametrize("escape", ["{root}/outside", "{root}/allowed/../outside",
+                                    "{root}/allowed/escape/outside", "{root}/allowed-twin"])
+def test_a_job_may_not_write_outside_the_allowed_roots(tmp_path: Path, field: str, where: str,
+                                                       escape: str) -> None:
+    config = _confined(tmp_path)
+    uri = "file://" + escape.format(root=tmp_path)
+    value = spec(**({"target": uri} if field == "target" else {}))
+    if field == "output":
+        value["output"] = uri
+    for status in (accept(job(value), NOW, config),
+                   reconcile(job(value), Observation(NOW), config).status):
+        assert status.phase == "Failed" and _reason(status) == "InvalidSpec"
+        message = find_condition(status, "Succeeded").message  # type: ignore[union-attr]
+        assert message == f"{where}: {uri} lies outside the allowed roots"
+
+
+def test_a_job_writing_under_the_allowed_roots_is_submitted(tmp_path: Path) -> None:
+    config = _confined(tmp_path)
+    value = spec(target=f"file://{tmp_path}/allowed/prod")
+    value["output"] = f"file://{tmp_path}/allowed/runs/../out"
+    decision = reconcile(job(value), Observation(NOW), config)
+    assert _kinds(decision.actions) == ["SubmitRun"]
+
+
+def test_an_edit_aiming_the_promotion_outside_the_roots_is_rejected(tmp_path: Path) -> None:
+    config = _confined(tmp_path)
+    finished = succeeded()
+    value = spec(target=f"file://{tmp_path}/elsewhere")
+    decision = reconcile(job(value, finished, generation=2), Observation(NOW), config)
+    assert decision.status.phase == "Succeeded"
+    assert decision.status.promotion is not None
+    assert decision.status.promotion.decision == "Rejected"
+    assert "spec.promotion.target" in decision.status.promotion.reasons[0]
+    assert not [a for a in decision.actions if isinstance(a, Promote)]
