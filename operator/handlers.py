@@ -30,13 +30,16 @@ T = TypeVar("T")
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     """Progress in annotations of kopf's own prefix (the status belongs to the job, and
-    modelpress.io/ annotations to the user), our finalizer name, and only warnings of
-    kopf's own log turned into Events (ours are explicit)."""
+    modelpress.io/ annotations to the user), our finalizer name, only warnings of kopf's
+    own log turned into Events (ours are explicit), and one Event poster."""
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=KOPF_PREFIX, key="last-handled-configuration")
     settings.posting.level = logging.WARNING
+    # Events go out one at a time: when many jobs arrive at once, their statuses (the
+    # first thing a user looks at) are not queued behind hundreds of Event posts.
+    settings.posting.worker_limit = 1
 
 
 def _brand_new(body: kopf.Body, event: kopf.RawEvent, **_: Any) -> bool:
