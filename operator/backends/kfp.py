@@ -146,7 +146,6 @@ class KfpBackend:
         """A kfp.Client, after our own health check: the client's constructor checks
         health itself with neither a timeout nor a useful error."""
         import kfp
-
         from kfp.client.set_volume_credentials import ServiceAccountTokenVolumeCredentials
 
         self._call("health check", self._healthz)
