@@ -1,5 +1,6 @@
 """kopf handlers: each hands the job to the controller and applies the status it returns.
 
+A brand-new job gets its first status from the intake (no backend involved). Then
 create, resume (an operator restart), an edit of `spec.promotion`, and a polling timer all
 do the same thing, a sync; the controller keeps them from racing. Deleting a job runs the
 finalizer. The controller comes through kopf's `memo` (see main.run_operator).
@@ -52,9 +53,9 @@ def _brand_new(body: kopf.Body, event: kopf.RawEvent, **_: Any) -> bool:
 
 @kopf.on.event(API_GROUP, API_VERSION, PLURAL, when=_brand_new)
 async def intake(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    """A new job's first status (Pending, or Failed for an invalid spec) rides on the
-    request that adds kopf's finalizer, instead of waiting a round trip for the create
-    handler. Pure and quick, so it runs on the event loop."""
+    """A new job's first status (Pending, or Failed for an invalid spec), written in the
+    processing cycle in which kopf adds its finalizer instead of a round trip later by the
+    create handler. Pure and quick, so it runs on the event loop."""
     patch.status.update(memo.controller.accept(view_of(body), _events_of(body)))
 
 
