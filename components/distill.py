@@ -26,7 +26,7 @@ from modelpress.components.modelio import (
     save_torch,
     torch_inputs,
 )
-from modelpress.components.prune import prunable_weights
+from modelpress.components.prune import current_masks
 from modelpress.components.result import StepResult, timed
 from modelpress.components.training import TrainingPlan, fine_tune
 from modelpress.components.zoo import build_architecture
@@ -77,8 +77,7 @@ def distill(model_in: Path, original: Path, options: DistillStep, train: Arrays,
     with timed("distill") as result:
         manifest, fresh_student = student_source(model_in, options)
         student, teacher = fresh_student(), load_torch(original)
-        masks = {name: (weight != 0).to(weight.dtype)
-                 for name, weight in prunable_weights(student).items()}
+        masks = current_masks(student)
         plan = TrainingPlan(task=manifest.task, inputs=manifest.inputs, epochs=options.epochs,
                             learning_rate=options.learning_rate,
                             temperature=options.temperature, alpha=options.alpha)

@@ -26,6 +26,12 @@ def prunable_weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
             if name.endswith("weight") and parameter.dim() >= 2 and "embeddings" not in name}
 
 
+def current_masks(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Keep-masks of the weights already pruned, so training keeps their zeros."""
+    return {name: (weight != 0).to(weight.dtype)
+            for name, weight in prunable_weights(module).items()}
+
+
 def magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float,
                     scope: str) -> dict[str, torch.Tensor]:
     """Keep-masks that zero the `sparsity` fraction of smallest |w|, globally or per layer."""

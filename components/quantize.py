@@ -103,15 +103,14 @@ class QatInputs:
 def quantization_aware_module(model_in: Path, options: QuantizeStep, qat: QatInputs) -> Any:
     """The working model fine-tuned through int8 fake quantization, distilling from the
     original; its weights end on the int8 grid the static QDQ export then uses."""
+    from modelpress.components.prune import current_masks
     from modelpress.components.training import TrainingPlan, fine_tune
 
     manifest = read_manifest(model_in)
     student, teacher = load_torch(model_in), load_torch(qat.original)
-    masks = {name: (weight != 0).to(weight.dtype)
-             for name, weight in student.named_parameters() if weight.dim() >= 2}
     plan = TrainingPlan(task=manifest.task, inputs=manifest.inputs, epochs=options.epochs,
                         learning_rate=options.learning_rate, alpha=0.5)
-    fine_tune(student, teacher, qat.train, plan, masks, fake_quant=True)
+    fine_tune(student, teacher, qat.train, plan, current_masks(student), fake_quant=True)
     return student
 
 

@@ -113,14 +113,11 @@ def local_folder(location: str) -> Path:
 
 
 def check_destination(location: str, where: str) -> None:
-    """InvalidInput naming `where` when a run could not publish to `location`: a local
-    folder outside the allowed roots (the store refuses it too; this says so before any
-    step runs)."""
+    """InvalidInput naming `where` when the store would refuse a local `location` (outside
+    the allowed roots, or an unknown scheme): said before any step runs, not at publishing."""
     if location.startswith("s3://"):
         return
     try:
-        folder = local_folder(location)
+        open_store(location)
     except StoreError as error:
         raise InvalidInput(where, str(error)) from None
-    if not within_allowed_roots(folder):
-        raise InvalidInput(where, f"{location} lies outside the allowed roots")

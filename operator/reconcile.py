@@ -152,9 +152,9 @@ def reconcile(job: JobView, observed: Observation, config: Config) -> Decision:
 
 def accept(job: JobView, now: datetime, config: Config) -> CompressionStatus:
     """The first status of a job no sync has seen yet: Pending and queued, or Failed when
-    its spec is invalid. Neither needs the backend, so the operator writes it in the same
-    request as its finalizer and a job has a phase one API round trip after it is applied;
-    the sync that follows admits it."""
+    its spec is invalid. Neither needs the backend, so the operator writes it in the
+    processing cycle that adds its finalizer and a job has a phase right after it is
+    applied; the sync that follows admits it."""
     parsed = checked(job, config)
     before = parse_status(job.status)
     if isinstance(parsed, str):
