@@ -16,8 +16,13 @@ import numpy as np
 from modelpress.api import Benchmark, Latency, Pool, PoolBenchmark
 from modelpress.components.data import Arrays, input_names, take
 from modelpress.components.onnxstats import session
-from modelpress.components.result import StepResult, timed
+from modelpress.components.result import timed
+from modelpress.records import BenchmarkRecord, LatencyProbe
 
+# Candidates (auto-quantization recipes, search values) are compared with fewer iterations
+# than the reported benchmark: a ranking needs less precision than a published figure.
+PROBE_ITERATIONS = 20
+PROBE_WARMUP = 3
 _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
@@ -52,6 +57,18 @@ def interleaved_latency(models: dict[str, Any], feed: Arrays, iterations: int,
     return {name: percentiles(values) for name, values in samples.items()}
 
 
+def p50_latencies(models: dict[str, Path], evaluation: Arrays,
+                  probe: LatencyProbe) -> dict[str, float]:
+    """p50 latency (ms) of each ONNX file on this machine's CPU, interleaved, at the probe's
+    batch size and threads."""
+    names = input_names(evaluation)
+    feed = {name: array for name, array in take(evaluation, probe.batch_size).items()
+            if name in names}
+    sessions = {name: session(path, probe.threads) for name, path in models.items()}
+    measured = interleaved_latency(sessions, feed, PROBE_ITERATIONS, PROBE_WARMUP)
+    return {name: latency.p50 for name, latency in measured.items()}
+
+
 def measure_pool(baseline: Path, compressed: Path, evaluation: Arrays, pool: Pool,
                  settings: Benchmark) -> PoolBenchmark:
     reason = unavailable_reason(pool)
@@ -74,10 +91,9 @@ def measure_pool(baseline: Path, compressed: Path, evaluation: Arrays, pool: Poo
 
 
 def benchmark(baseline: Path, compressed: Path, evaluation: Arrays, pool: Pool,
-              settings: Benchmark) -> StepResult:
-    with timed(f"benchmark-{pool.name}") as result:
+              settings: Benchmark) -> BenchmarkRecord:
+    with timed() as clock:
         report = measure_pool(baseline, compressed, evaluation, pool, settings)
-        result.figures = report.to_wire()
-        result.message = (report.reason or "speedup p50 " + ", ".join(
-            f"batch {batch}: {value:.2f}x" for batch, value in report.speedup.items()))
-    return result
+    message = report.reason or "speedup p50 " + ", ".join(
+        f"batch {batch}: {value:.2f}x" for batch, value in report.speedup.items())
+    return clock.stamp(BenchmarkRecord(benchmark=report, message=message))

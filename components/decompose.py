@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 from modelpress.api import DecomposeStep
 from modelpress.components.data import Arrays
 from modelpress.components.modelio import load_torch, read_manifest, save_traced, torch_inputs
-from modelpress.components.result import StepResult, timed
+from modelpress.components.result import timed
 from modelpress.errors import InvalidInput
+from modelpress.records import DecomposeRecord
 
 if TYPE_CHECKING:
     import torch
@@ -62,8 +63,8 @@ def decompose_linears(module: torch.nn.Module, options: DecomposeStep) -> int:
 
 
 def decompose(model_in: Path, options: DecomposeStep, sample: Arrays,
-              model_out: Path) -> StepResult:
-    with timed("decompose") as result:
+              model_out: Path) -> DecomposeRecord:
+    with timed() as clock:
         manifest = read_manifest(model_in)
         if manifest.format != "bundle":
             raise InvalidInput("spec.steps", "decompose needs a model it can rebuild: a "
@@ -75,7 +76,6 @@ def decompose(model_in: Path, options: DecomposeStep, sample: Arrays,
         after = sum(p.numel() for p in module.parameters())
         example = torch_inputs({k: v[:2] for k, v in sample.items()}, manifest.inputs)
         save_traced(module, example, model_out, manifest)
-        result.figures = {"replacedLayers": replaced, "parametersBefore": int(before),
-                          "parameters": int(after)}
-        result.message = f"{replaced} Linear layers factorized: {before:,} -> {after:,} parameters"
-    return result
+    return clock.stamp(DecomposeRecord(
+        replaced_layers=replaced, parameters_before=int(before), parameters=int(after),
+        message=f"{replaced} Linear layers factorized: {before:,} -> {after:,} parameters"))

@@ -27,9 +27,10 @@ from modelpress.components.modelio import (
     torch_inputs,
 )
 from modelpress.components.prune import current_masks
-from modelpress.components.result import StepResult, timed
+from modelpress.components.result import timed
 from modelpress.components.training import TrainingPlan, fine_tune
 from modelpress.components.zoo import build_architecture
+from modelpress.records import DistillRecord
 
 if TYPE_CHECKING:
     import torch
@@ -73,34 +74,32 @@ def student_source(model_in: Path, options: DistillStep
 
 
 def distill(model_in: Path, original: Path, options: DistillStep, train: Arrays,
-            model_out: Path) -> StepResult:
-    with timed("distill") as result:
+            model_out: Path) -> DistillRecord:
+    with timed() as clock:
         manifest, fresh_student = student_source(model_in, options)
         student, teacher = fresh_student(), load_torch(original)
         masks = current_masks(student)
         plan = TrainingPlan(task=manifest.task, inputs=manifest.inputs, epochs=options.epochs,
                             learning_rate=options.learning_rate,
                             temperature=options.temperature, alpha=options.alpha)
+        student_name = options.student or "the current model"
         if manifest.task == "classification" and LABELS in train:
             plain = fresh_student()  # not a deep copy: deep-copied TorchScript won't train
-            student, result.figures = _kd_against_labels_only(student, plain, teacher, train,
-                                                              plan, masks)
-            result.message = (f"kept {result.figures['kept']}: holdout accuracy KD "
-                              f"{result.figures['holdoutAccuracyKd']:.4f} vs labels only "
-                              f"{result.figures['holdoutAccuracyLabelsOnly']:.4f}")
+            student, record = _kd_against_labels_only(student, plain, teacher, train, plan,
+                                                      masks, student_name)
         else:
             loss = fine_tune(student, teacher, train, plan, masks)
-            result.figures = {"finalLoss": round(loss, 6), "kept": "kd"}
-            result.message = f"{options.epochs} epochs, final loss {loss:.4g}"
+            record = DistillRecord(epochs=options.epochs, student=student_name, kept="kd",
+                                   final_loss=round(loss, 6),
+                                   message=f"{options.epochs} epochs, final loss {loss:.4g}")
         save_torch(student, model_out, manifest)
-        result.figures |= {"epochs": options.epochs,
-                           "student": options.student or "the current model"}
-    return result
+    return clock.stamp(record)
 
 
 def _kd_against_labels_only(student: torch.nn.Module, plain: torch.nn.Module,
                             teacher: torch.nn.Module, train: Arrays, plan: TrainingPlan,
-                            masks: dict) -> tuple[torch.nn.Module, dict]:
+                            masks: dict, student_name: str
+                            ) -> tuple[torch.nn.Module, DistillRecord]:
     from dataclasses import replace
 
     fit, holdout = split_holdout(train)
@@ -108,8 +107,11 @@ def _kd_against_labels_only(student: torch.nn.Module, plain: torch.nn.Module,
     fine_tune(plain, teacher, fit, replace(plan, alpha=0.0), masks)
     kd_score = holdout_accuracy(student, holdout, plan.inputs)
     plain_score = holdout_accuracy(plain, holdout, plan.inputs)
-    kept = "kd" if kd_score >= plain_score else "labels-only"
-    figures = {"holdoutAccuracyKd": round(kd_score, 6),
-               "holdoutAccuracyLabelsOnly": round(plain_score, 6), "kept": kept,
-               "holdoutRows": len(holdout[LABELS])}
-    return (student if kept == "kd" else plain), figures
+    kd_wins = kd_score >= plain_score
+    record = DistillRecord(
+        epochs=plan.epochs, student=student_name, kept="kd" if kd_wins else "labels-only",
+        holdout_accuracy_kd=round(kd_score, 6), holdout_accuracy_labels_only=round(plain_score, 6),
+        holdout_rows=len(holdout[LABELS]),
+        message=f"kept {'kd' if kd_wins else 'labels-only'}: holdout accuracy KD "
+                f"{kd_score:.4f} vs labels only {plain_score:.4f}")
+    return (student if kd_wins else plain), record

@@ -1,82 +1,126 @@
-"""Thin KFP component wrappers around the step functions.
+"""Thin KFP component wrappers around the step functions, one per step kind.
 
 KFP ships only each function's own source to the step container, so every body imports
-what it needs inside. The spec travels as the job's JSON; `index` picks the step.
+what it needs inside. Each op gets what its step needs and nothing more: its own options
+as JSON (set when the pipeline is built, search candidates included), the name it
+records under (from the plan, modelpress.pipelines.steps), and the files of earlier steps.
 """
 
 
-from typing import Any  # noqa: UP035 (KFP reads typing.List in component signatures)
+from typing import Any
 
 from kfp import dsl
 from kfp.dsl import Artifact, Input, Model, Output
 
 
-def fetch_op(job: str, original: Output[Model], data: Output[Artifact],
+def fetch_op(name: str, spec: str, original: Output[Model], datasets: Output[Artifact],
              ledger: Output[Artifact]) -> None:
     from pathlib import Path
 
     from modelpress.components.ops_runtime import run_fetch
 
-    run_fetch(job, Path(original.path), Path(data.path), Path(ledger.path))
+    run_fetch(name, spec, Path(original.path), Path(datasets.path), Path(ledger.path))
 
 
-def compress_op(job: str, index: int, candidate: int, original: Input[Model],
-                data: Input[Artifact], model_in: Input[Model], ledger_in: Input[Artifact],
+def prune_op(name: str, options: str, original: Input[Model], datasets: Input[Artifact],
+             model_in: Input[Model], ledger_in: Input[Artifact], model_out: Output[Model],
+             ledger: Output[Artifact]) -> None:
+    from pathlib import Path
+
+    from modelpress.components.ops_runtime import Chain, run_prune
+
+    run_prune(name, options, Path(original.path), Chain(Path(datasets.path), Path(model_in.path),
+                                                        Path(ledger_in.path), Path(model_out.path),
+                                                        Path(ledger.path)))
+
+
+def distill_op(name: str, options: str, original: Input[Model], datasets: Input[Artifact],
+               model_in: Input[Model], ledger_in: Input[Artifact], model_out: Output[Model],
+               ledger: Output[Artifact]) -> None:
+    from pathlib import Path
+
+    from modelpress.components.ops_runtime import Chain, run_distill
+
+    run_distill(name, options, Path(original.path), Chain(Path(datasets.path),
+                                                          Path(model_in.path), Path(ledger_in.path),
+                                                          Path(model_out.path), Path(ledger.path)))
+
+
+def decompose_op(name: str, options: str, datasets: Input[Artifact], model_in: Input[Model],
+                 ledger_in: Input[Artifact], model_out: Output[Model],
+                 ledger: Output[Artifact]) -> None:
+    from pathlib import Path
+
+    from modelpress.components.ops_runtime import Chain, run_decompose
+
+    run_decompose(name, options, Chain(Path(datasets.path), Path(model_in.path),
+                                       Path(ledger_in.path), Path(model_out.path),
+                                       Path(ledger.path)))
+
+
+def quantize_op(name: str, options: str, probe: str, original: Input[Model],
+                datasets: Input[Artifact], model_in: Input[Model], ledger_in: Input[Artifact],
                 model_out: Output[Model], ledger: Output[Artifact]) -> None:
     from pathlib import Path
 
-    from modelpress.components.ops_runtime import run_compress
+    from modelpress.components.ops_runtime import Chain, run_quantize
 
-    run_compress(job, index, candidate, Path(original.path), Path(data.path), Path(model_in.path),
-                 Path(ledger_in.path), Path(model_out.path), Path(ledger.path))
+    run_quantize(name, options, probe, Path(original.path),
+                 Chain(Path(datasets.path), Path(model_in.path), Path(ledger_in.path),
+                       Path(model_out.path), Path(ledger.path)))
 
 
-def validate_op(job: str, original: Input[Model], data: Input[Artifact], model_in: Input[Model],
-                ledger_in: Input[Artifact], compressed: Output[Model],
+def validate_op(name: str, original: Input[Model], datasets: Input[Artifact],
+                model_in: Input[Model], ledger_in: Input[Artifact], compressed: Output[Model],
                 ledger: Output[Artifact]) -> None:
     from pathlib import Path
 
-    from modelpress.components.ops_runtime import run_validate
+    from modelpress.components.ops_runtime import Chain, run_validate
 
-    run_validate(job, Path(original.path), Path(data.path), Path(model_in.path),
-                 Path(ledger_in.path), Path(compressed.path), Path(ledger.path))
+    run_validate(name, Path(original.path), Chain(Path(datasets.path), Path(model_in.path),
+                                                  Path(ledger_in.path), Path(compressed.path),
+                                                  Path(ledger.path)))
 
 
-def benchmark_op(job: str, pool: str, original: Input[Model], data: Input[Artifact],
-                 compressed: Input[Model], ledger_in: Input[Artifact],
+def select_op(name: str, search: str, probe: str, original: Input[Model],
+              datasets: Input[Artifact], models: Input[list[Model]],
+              ledgers: Input[list[Artifact]], compressed: Output[Model],
+              ledger: Output[Artifact]) -> None:
+    from pathlib import Path
+
+    from modelpress.components.ops_runtime import run_select
+
+    run_select(name, search, probe, Path(original.path), Path(datasets.path),
+               [Path(m.path) for m in models], [Path(x.path) for x in ledgers],
+               Path(compressed.path), Path(ledger.path))
+
+
+def benchmark_op(name: str, pool: str, settings: str, original: Input[Model],
+                 datasets: Input[Artifact], compressed: Input[Model], ledger_in: Input[Artifact],
                  ledger: Output[Artifact]) -> None:
     from pathlib import Path
 
     from modelpress.components.ops_runtime import run_benchmark
 
-    run_benchmark(job, pool, Path(original.path), Path(data.path), Path(compressed.path),
-                  Path(ledger_in.path), Path(ledger.path))
+    run_benchmark(name, pool, settings, Path(original.path), Path(datasets.path),
+                  Path(compressed.path), Path(ledger_in.path), Path(ledger.path))
 
 
-def select_op(job: str, original: Input[Model], data: Input[Artifact],
-              models: Input[list[Model]], ledgers: Input[list[Artifact]],
-              compressed: Output[Model], ledger: Output[Artifact]) -> None:
-    from pathlib import Path
-
-    from modelpress.components.ops_runtime import run_select
-
-    run_select(job, Path(original.path), Path(data.path), [Path(m.path) for m in models],
-               [Path(x.path) for x in ledgers], Path(compressed.path), Path(ledger.path))
-
-
-def report_op(job: str, job_name: str, output: str, compressed: Input[Model],
-              ledger_in: Input[Artifact], results: Output[Artifact]) -> None:
+def report_op(name: str, job_name: str, output: str, promotion: str, original: Input[Model],
+              compressed: Input[Model], ledger_in: Input[Artifact],
+              ledger: Output[Artifact]) -> None:
     from pathlib import Path
 
     from modelpress.components.ops_runtime import run_report
 
-    run_report(job_name, output, Path(compressed.path), Path(ledger_in.path), Path(results.path))
+    run_report(name, job_name, output, promotion, Path(original.path), Path(compressed.path),
+               Path(ledger_in.path), Path(ledger.path))
 
 
 def make_ops(image: str) -> dict[str, Any]:
-    """The components with `image` as their base image."""
-    functions = (fetch_op, compress_op, validate_op, benchmark_op, select_op, report_op)
+    """The components with `image` as their base image, by function name."""
+    functions = (fetch_op, prune_op, distill_op, decompose_op, quantize_op, validate_op,
+                 select_op, benchmark_op, report_op)
     # The step image ships modelpress and kfp, so no step pip-installs anything at start.
-    return {fn.__name__: dsl.component(fn, base_image=image,
-                                       install_kfp_package=False)
+    return {fn.__name__: dsl.component(fn, base_image=image, install_kfp_package=False)
             for fn in functions}

@@ -1,157 +1,192 @@
-"""What each KFP component body calls: parse the job, load files, run the step, record it.
+"""What each KFP component body calls: parse its own options, load files, run the step,
+record it in the ledger.
 
-Progress events go to the file named by MODELPRESS_EVENTS (one JSON line per event) when
-it is set, which is how `modelpress run` shows live progress for a local run.
+Progress events (modelpress.events) tell whoever watches the run when a step starts,
+finishes or fails; a failure of any kind is reported with its exception type and first
+line, and the process still exits non-zero with the traceback in its log.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-import time
+import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from modelpress.api import CompressionSpec, DecomposeStep, DistillStep, PruneStep, QuantizeStep
+from modelpress.api import (
+    Benchmark,
+    CompressionSpec,
+    DecomposeStep,
+    DistillStep,
+    Pool,
+    Promotion,
+    PruneStep,
+    QuantizeStep,
+    Search,
+)
 from modelpress.components.data import Arrays, load_arrays
-from modelpress.components.quantize import AutoTarget, QatInputs
-from modelpress.components.result import StepResult, append_ledger, read_ledger
-from modelpress.errors import ModelpressError
+from modelpress.errors import InvalidInput, ModelpressError
+from modelpress.events import emit
+from modelpress.records import LatencyProbe, Ledger, StepRecord, read_ledger, write_ledger
 
-EVENTS_ENV = "MODELPRESS_EVENTS"
-
-
-def emit(event: str, step: str, **fields: object) -> None:
-    path = os.environ.get(EVENTS_ENV)
-    if path:
-        with open(path, "a", encoding="utf-8") as events:
-            events.write(json.dumps({"event": event, "step": step, "time": time.time(),
-                                     **fields}) + "\n")
+Work = Callable[[], tuple[Ledger, StepRecord]]
 
 
-def _recorded(step: str, work: Callable[[], StepResult], ledger_in: Path | None,
-              ledger_out: Path) -> None:
-    """Run one step with start/finish events; a user-facing error ends the process cleanly."""
-    emit("started", step)
+@dataclass(frozen=True)
+class Chain:
+    """The files a step in the model's chain reads and writes."""
+
+    datasets: Path
+    model_in: Path
+    ledger_in: Path
+    model_out: Path
+    ledger_out: Path
+
+
+def failure_line(error: Exception) -> str:
+    """What a failed step reports: a user error's own message; for anything else (an
+    onnxruntime InvalidArgument, a bug) the exception's type and the first line it says."""
+    if isinstance(error, ModelpressError):
+        return str(error)
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def _recorded(name: str, work: Work, ledger_out: Path) -> None:
+    """Run one step between started/finished events and write the ledger it leads to.
+
+    Any exception becomes a `failed` event and exit status 1; the traceback of one that is
+    not a user error stays in the step's log (stderr)."""
+    emit("started", name)
     try:
-        result = work()
-    except ModelpressError as error:
-        emit("failed", step, message=str(error))
-        print(f"modelpress: {error}", file=sys.stderr)
+        before, record = work()
+        record = record.model_copy(update={"name": name})
+        write_ledger([*before, record], ledger_out)
+    except Exception as error:  # the runner's whole job is to report any failure
+        emit("failed", name, message=failure_line(error))
+        if isinstance(error, ModelpressError):
+            print(f"modelpress: {error}", file=sys.stderr)
+        else:
+            traceback.print_exc(file=sys.stderr)
         raise SystemExit(1) from None
-    append_ledger(ledger_in, result, ledger_out)
-    emit("finished", step, seconds=result.seconds, message=result.message)
+    emit("finished", name, seconds=record.seconds, message=record.message)
 
 
-def _spec(job: str) -> CompressionSpec:
-    return CompressionSpec.model_validate_json(job)
+def _appended(ledger_in: Path, step: Callable[[], StepRecord]) -> Work:
+    return lambda: (read_ledger(ledger_in), step())
 
 
-def _dataset(data: Path, name: str) -> Arrays | None:
-    path = data / f"{name}.npz"
+def _dataset(datasets: Path, name: str) -> Arrays | None:
+    path = datasets / f"{name}.npz"
     return load_arrays(path) if path.is_file() else None
 
 
-def _eval(data: Path) -> Arrays:
-    arrays = _dataset(data, "eval")
+def _eval(datasets: Path) -> Arrays:
+    arrays = _dataset(datasets, "eval")
     assert arrays is not None, "fetch always writes eval.npz"
     return arrays
 
 
-def run_fetch(job: str, original: Path, data: Path, ledger: Path) -> None:
+def _train(datasets: Path, kind: str) -> Arrays:
+    arrays = _dataset(datasets, "train")
+    if arrays is None:
+        raise InvalidInput("spec.data.train", f"{kind} trains, so it needs data.train")
+    return arrays
+
+
+def run_fetch(name: str, spec: str, original: Path, datasets: Path, ledger: Path) -> None:
     from modelpress.components.fetch import fetch
 
-    _recorded("fetch", lambda: fetch(_spec(job), original, data), None, ledger)
+    _recorded(name, lambda: ([], fetch(CompressionSpec.model_validate_json(spec), original,
+                                       datasets)), ledger)
 
 
-def _auto_target(spec: CompressionSpec, options: QuantizeStep, original: Path) -> AutoTarget:
-    """Auto quantization measures on the first CPU pool, at the largest batch size."""
+def run_prune(name: str, options: str, original: Path, chain: Chain) -> None:
+    from modelpress.components.prune import prune
+
+    _recorded(name, _appended(chain.ledger_in, lambda: prune(
+        chain.model_in, original, PruneStep.model_validate_json(options), _eval(chain.datasets),
+        _dataset(chain.datasets, "train"), chain.model_out)), chain.ledger_out)
+
+
+def run_distill(name: str, options: str, original: Path, chain: Chain) -> None:
+    from modelpress.components.distill import distill
+
+    _recorded(name, _appended(chain.ledger_in, lambda: distill(
+        chain.model_in, original, DistillStep.model_validate_json(options),
+        _train(chain.datasets, "distill"), chain.model_out)), chain.ledger_out)
+
+
+def run_decompose(name: str, options: str, chain: Chain) -> None:
+    from modelpress.components.decompose import decompose
+
+    _recorded(name, _appended(chain.ledger_in, lambda: decompose(
+        chain.model_in, DecomposeStep.model_validate_json(options), _eval(chain.datasets),
+        chain.model_out)), chain.ledger_out)
+
+
+def run_quantize(name: str, options: str, probe: str, original: Path, chain: Chain) -> None:
+    _recorded(name, _appended(chain.ledger_in, lambda: _quantize(
+        QuantizeStep.model_validate_json(options), LatencyProbe.model_validate_json(probe),
+        original, chain)), chain.ledger_out)
+
+
+def _quantize(options: QuantizeStep, probe: LatencyProbe, original: Path,
+              chain: Chain) -> StepRecord:
     from modelpress.components.fetch import BASELINE_ONNX
+    from modelpress.components.quantize import AutoTarget, QatInputs, quantize
 
-    bar = options.max_accuracy_drop
-    if bar is None:
-        bar = spec.promotion.gates.max_accuracy_drop
-    cpu_pools = [pool for pool in spec.benchmark.pools if pool.device == "cpu"]
-    return AutoTarget(baseline_onnx=original / BASELINE_ONNX,
-                      max_accuracy_drop=0.01 if bar is None else bar,
-                      batch_size=max(spec.benchmark.batch_sizes),
-                      threads=cpu_pools[0].threads if cpu_pools else 1)
-
-
-def run_compress(job: str, index: int, candidate: int, original: Path, data: Path,
-                 model_in: Path, ledger_in: Path, model_out: Path, ledger: Path) -> None:
-    from modelpress.components.search import apply_candidate
-
-    spec = apply_candidate(_spec(job), candidate)
-    options = spec.steps[index].options
-
-    def work() -> StepResult:
-        if isinstance(options, PruneStep):
-            from modelpress.components.prune import prune
-
-            return prune(model_in, original, options, _eval(data), _dataset(data, "train"),
-                         model_out)
-        if isinstance(options, DistillStep):
-            from modelpress.components.distill import distill
-
-            train = _dataset(data, "train")
-            assert train is not None, "the spec guarantees data.train for distill"
-            return distill(model_in, original, options, train, model_out)
-        if isinstance(options, DecomposeStep):
-            from modelpress.components.decompose import decompose
-
-            return decompose(model_in, options, _eval(data), model_out)
-        assert isinstance(options, QuantizeStep)
-        from modelpress.components.quantize import quantize
-
-        train = _dataset(data, "train")
-        calibration = _dataset(data, "calibration")
-        if calibration is None and options.mode in ("auto", "qat"):
-            calibration = train
-        qat = QatInputs(original, train) if options.mode == "qat" and train is not None else None
-        return quantize(model_in, options, _eval(data), calibration, model_out,
-                        _auto_target(spec, options, original), qat)
-
-    _recorded(spec.steps[index].kind, work, ledger_in, ledger)
+    train = _dataset(chain.datasets, "train")
+    calibration = _dataset(chain.datasets, "calibration")
+    if calibration is None and options.mode in ("auto", "qat"):
+        calibration = train
+    qat = QatInputs(original, _train(chain.datasets, "qat")) if options.mode == "qat" else None
+    auto = None
+    if options.mode == "auto":
+        if options.max_accuracy_drop is None:
+            raise InvalidInput("quantize.maxAccuracyDrop", "auto quantization needs its bar "
+                                                           "(the pipeline builder sets it)")
+        auto = AutoTarget(baseline_onnx=original / BASELINE_ONNX,
+                          max_accuracy_drop=options.max_accuracy_drop, probe=probe)
+    return quantize(chain.model_in, options, _eval(chain.datasets), calibration,
+                    chain.model_out, auto, qat)
 
 
-def run_validate(job: str, original: Path, data: Path, model_in: Path, ledger_in: Path,
-                 compressed: Path, ledger: Path) -> None:
+def run_validate(name: str, original: Path, chain: Chain) -> None:
     from modelpress.components.validate import validate
 
-    _recorded("validate", lambda: validate(original, model_in, _eval(data), compressed),
-              ledger_in, ledger)
+    _recorded(name, _appended(chain.ledger_in, lambda: validate(
+        original, chain.model_in, _eval(chain.datasets), chain.model_out)), chain.ledger_out)
 
 
-def run_benchmark(job: str, pool_name: str, original: Path, data: Path, compressed: Path,
-                  ledger_in: Path, ledger: Path) -> None:
+def run_select(name: str, search: str, probe: str, original: Path, datasets: Path,
+               models: list[Path], ledgers: list[Path], compressed: Path, ledger: Path) -> None:
+    from modelpress.components.search import select
+
+    _recorded(name, lambda: select(
+        Search.model_validate_json(search), LatencyProbe.model_validate_json(probe), original,
+        _eval(datasets), models, [read_ledger(path) for path in ledgers], compressed), ledger)
+
+
+def run_benchmark(name: str, pool: str, settings: str, original: Path, datasets: Path,
+                  compressed: Path, ledger_in: Path, ledger: Path) -> None:
     from modelpress.components.benchmark import benchmark
     from modelpress.components.fetch import BASELINE_ONNX
 
-    spec = _spec(job)
-    pool = next(pool for pool in spec.benchmark.pools if pool.name == pool_name)
-    _recorded(f"benchmark-{pool_name}",
-              lambda: benchmark(original / BASELINE_ONNX, compressed / "model.onnx",
-                                _eval(data), pool, spec.benchmark), ledger_in, ledger)
+    _recorded(name, _appended(ledger_in, lambda: benchmark(
+        original / BASELINE_ONNX, compressed / "model.onnx", _eval(datasets),
+        Pool.model_validate_json(pool), Benchmark.model_validate_json(settings))), ledger)
 
 
-def run_select(job: str, original: Path, data: Path, models: list[Path], ledgers: list[Path],
-               compressed: Path, ledger: Path) -> None:
-    from modelpress.components.search import select
-
-    def work() -> StepResult:
-        carried, result = select(_spec(job), original, _eval(data), models, ledgers, compressed)
-        ledger.parent.mkdir(parents=True, exist_ok=True)
-        ledger.write_text(json.dumps(carried))  # the winner's own steps, then select's entry
-        return result
-
-    _recorded("select", work, ledger, ledger)
-
-
-def run_report(job_name: str, output: str, compressed: Path, ledger_in: Path,
-               results: Path) -> None:
+def run_report(name: str, job_name: str, output: str, promotion: str, original: Path,
+               compressed: Path, ledger_in: Path, ledger: Path) -> None:
+    from modelpress.components.fetch import BASELINE_ONNX
     from modelpress.components.report import report
 
-    _recorded("report", lambda: report(job_name, read_ledger(ledger_in), compressed / "model.onnx",
-                                       output), ledger_in, results)
+    def work() -> tuple[Ledger, StepRecord]:
+        before = read_ledger(ledger_in)
+        return before, report(name, job_name, Promotion.model_validate_json(promotion), before,
+                              compressed / "model.onnx", original / BASELINE_ONNX, output)
+
+    _recorded(name, work, ledger)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelpress.api import QuantizeStep
+from modelpress.api import Candidate, QuantizeStep
 from modelpress.components.data import Arrays
 from modelpress.components.modelio import (
     Manifest,
@@ -17,7 +17,8 @@ from modelpress.components.modelio import (
     read_manifest,
     write_manifest,
 )
-from modelpress.components.result import StepResult, timed
+from modelpress.components.result import timed
+from modelpress.records import LatencyProbe, QuantizeRecord
 
 CALIBRATION_ROWS = 256
 
@@ -116,22 +117,23 @@ def quantization_aware_module(model_in: Path, options: QuantizeStep, qat: QatInp
 
 @dataclass(frozen=True)
 class AutoTarget:
-    """What auto quantization measures candidates against."""
+    """What auto quantization measures candidates against: the fp32 baseline's outputs, the
+    fidelity bar, and how recipes are timed."""
 
     baseline_onnx: Path
     max_accuracy_drop: float
-    batch_size: int
-    threads: int
+    probe: LatencyProbe
 
 
 def quantize(model_in: Path, options: QuantizeStep, sample: Arrays,
              calibration: Arrays | None, model_out: Path,
-             auto: AutoTarget | None = None, qat: QatInputs | None = None) -> StepResult:
+             auto: AutoTarget | None = None, qat: QatInputs | None = None) -> QuantizeRecord:
     """Write the quantized ONNX working model to `model_out`."""
-    with timed("quantize") as result:
+    with timed() as clock:
         manifest: Manifest = read_manifest(model_in).with_format("onnx")
         model_out.mkdir(parents=True, exist_ok=True)
         target = model_out / manifest.file
+        candidates: list[Candidate] = []
         with tempfile.TemporaryDirectory() as scratch:
             trained = None
             if options.mode == "qat":
@@ -140,22 +142,22 @@ def quantize(model_in: Path, options: QuantizeStep, sample: Arrays,
             fp32 = _fp32_onnx(model_in, sample, Path(scratch), trained)
             if options.mode == "auto":
                 assert auto is not None, "auto quantization needs a target to measure against"
-                result.figures["candidates"], result.message = _auto(
-                    fp32, Path(scratch), manifest.task, sample, calibration, auto, target)
+                candidates, summary = _auto(fp32, Path(scratch), manifest.task, sample,
+                                            calibration, auto, target)
             else:
                 _MODES[options.mode](fp32, target, options,
                                      calibration if calibration is not None else sample)
-                result.message = f"{options.mode} ({options.weight_type}" \
-                                 f"{', per-channel' if options.per_channel else ''})"
+                summary = f"{options.mode} ({options.weight_type}" \
+                          f"{', per-channel' if options.per_channel else ''})"
         write_manifest(model_out, manifest)
-        result.figures |= {"mode": options.mode, "sizeBytes": target.stat().st_size}
-        result.message += f": {target.stat().st_size:,} bytes"
-    return result
+        size_bytes = target.stat().st_size
+    return clock.stamp(QuantizeRecord(mode=options.mode, size_bytes=size_bytes,
+                                      candidates=candidates,
+                                      message=f"{summary}: {size_bytes:,} bytes"))
 
 
 def _auto(fp32: Path, scratch: Path, task: str, evaluation: Arrays, calibration: Arrays | None,
-          auto: AutoTarget, target: Path) -> tuple[list[dict], str]:
+          auto: AutoTarget, target: Path) -> tuple[list[Candidate], str]:
     from modelpress.components.quantize_auto import auto_quantize
 
-    return auto_quantize(fp32, scratch, task, auto.baseline_onnx, evaluation, calibration,
-                         auto.max_accuracy_drop, auto.batch_size, auto.threads, target)
+    return auto_quantize(fp32, scratch, task, evaluation, calibration, auto, target)

@@ -10,23 +10,24 @@ on a model that misses its target.
 from __future__ import annotations
 
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from modelpress.api import QuantizeStep
-from modelpress.components.data import LABELS, Arrays, input_names, take
+from modelpress.api import Candidate, QuantizeStep
+from modelpress.components.benchmark import p50_latencies
+from modelpress.components.data import LABELS, Arrays
 from modelpress.components.onnxstats import run_batched, session
 from modelpress.components.quantize import (
+    AutoTarget,
     convert_fp16,
     quantize_dynamic_int8,
     quantize_static_qdq,
 )
 from modelpress.components.selection import Measured, choose
 from modelpress.components.validate import task_metrics
+from modelpress.records import LatencyProbe
 
-LATENCY_ITERATIONS = 20
 FP32 = "fp32 (not quantized)"
 
 
@@ -54,17 +55,6 @@ def _fidelity(task: str, path: Path, evaluation: Arrays, reference: np.ndarray) 
     return baseline - ours
 
 
-def _latencies(paths: dict[str, Path], evaluation: Arrays, batch_size: int,
-               threads: int) -> dict[str, float]:
-    from modelpress.components.benchmark import interleaved_latency
-
-    feed = {k: v for k, v in take(evaluation, batch_size).items()
-            if k in input_names(evaluation)}
-    models = {name: session(path, threads) for name, path in paths.items()}
-    measured = interleaved_latency(models, feed, LATENCY_ITERATIONS, warmup=3)
-    return {name: latency.p50 for name, latency in measured.items()}
-
-
 def build_candidates(fp32: Path, scratch: Path, evaluation: Arrays,
                      calibration: Arrays | None) -> tuple[dict[str, Path], dict[str, str]]:
     """Quantized files by name, and the recipes that failed to build, with their error."""
@@ -83,8 +73,8 @@ def build_candidates(fp32: Path, scratch: Path, evaluation: Arrays,
 
 
 def measure(task: str, built: dict[str, Path], failed: dict[str, str], evaluation: Arrays,
-            reference: np.ndarray, batch_size: int, threads: int) -> list[Measured]:
-    latencies = _latencies(built, evaluation, batch_size, threads) if built else {}
+            reference: np.ndarray, probe: LatencyProbe) -> list[Measured]:
+    latencies = p50_latencies(built, evaluation, probe) if built else {}
     measured = [Measured(name=name, accuracy_drop=round(_fidelity(task, path, evaluation,
                                                                   reference), 6),
                          size_bytes=path.stat().st_size, latency_ms=latencies[name])
@@ -93,16 +83,17 @@ def measure(task: str, built: dict[str, Path], failed: dict[str, str], evaluatio
                        for name, error in failed.items()]
 
 
-def auto_quantize(fp32: Path, scratch: Path, task: str, baseline_onnx: Path,
-                  evaluation: Arrays, calibration: Arrays | None, bar: float, batch_size: int,
-                  threads: int, out: Path) -> tuple[list[dict], str]:
-    """Write the winner (or fp32) to `out`; return every candidate's record and a summary."""
-    reference = run_batched(session(baseline_onnx), evaluation)
+def auto_quantize(fp32: Path, scratch: Path, task: str, evaluation: Arrays,
+                  calibration: Arrays | None, target: AutoTarget,
+                  out: Path) -> tuple[list[Candidate], str]:
+    """Write the winner (or fp32) to `out`; return every candidate judged, and a summary."""
+    reference = run_batched(session(target.baseline_onnx), evaluation)
     built, failed = build_candidates(fp32, scratch, evaluation, calibration)
-    winner, judged = choose(measure(task, built, failed, evaluation, reference, batch_size,
-                                    threads), bar, objective="latency")
+    bar = target.max_accuracy_drop
+    winner, judged = choose(measure(task, built, failed, evaluation, reference, target.probe),
+                            bar, objective="latency")
     shutil.copyfile(built[winner.name] if winner else fp32, out)
-    summary = (f"auto chose {winner.name} ({winner.latency_ms:.3f} ms at batch {batch_size}, "
-               f"drop {winner.accuracy_drop:.4f})" if winner else
+    summary = (f"auto chose {winner.name} ({winner.latency_ms:.3f} ms at batch "
+               f"{target.probe.batch_size}, drop {winner.accuracy_drop:.4f})" if winner else
                f"no recipe kept the accuracy drop within {bar}; the model stays fp32")
-    return [asdict(c) for c in judged], summary
+    return [candidate.as_candidate() for candidate in judged], summary

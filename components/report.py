@@ -1,5 +1,6 @@
-"""Report: turn the step ledger into results.json, report.html and lineage.json, and publish
-them with the compressed model to the job's output store."""
+"""Report: turn the step ledger into results.json, report.html and lineage.json, judge the
+promotion gates, and publish them with the compressed model and its fp32 ONNX baseline to
+the job's output store."""
 
 from __future__ import annotations
 
@@ -8,53 +9,81 @@ import html
 import io
 import json
 import tempfile
-from datetime import UTC, datetime
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from modelpress.api import (
-    Candidate,
     Latency,
     MetricValue,
     ModelFigures,
     PoolBenchmark,
+    Promotion,
     Results,
     StepStatus,
 )
-from modelpress.components.result import StepResult, timed
-from modelpress.lineage import LINEAGE
+from modelpress.components.result import timed
+from modelpress.gates import gates_set, judge
+from modelpress.lineage import (
+    LINEAGE,
+    Lineage,
+    LineageArtifact,
+    LineageStep,
+    write_lineage,
+)
+from modelpress.records import (
+    MODEL_CHANGING,
+    RESULTS,
+    Artifacts,
+    BenchmarkRecord,
+    FetchRecord,
+    Ledger,
+    MeasuredModel,
+    PromotionVerdict,
+    QuantizeRecord,
+    ReportRecord,
+    ResultsDocument,
+    SelectRecord,
+    ValidateRecord,
+    last_of,
+    records_of,
+    write_results_document,
+)
 from modelpress.store import StoredObject, open_store
 
+MODEL = "model.onnx"
+BASELINE = "baseline.onnx"
+REPORT = "report.html"
 
-def _figures(side: dict[str, Any], metric_name: str,
+
+def _figures(side: MeasuredModel, metric_name: str,
              benchmarks: list[PoolBenchmark], role: str) -> ModelFigures:
-    metrics = dict(side["metrics"])
     latency: dict[str, Latency] = {}
     for pool in benchmarks:
         if pool.available and pool.batches:
             largest = max(pool.batches, key=int)
             latency[pool.pool] = pool.batches[largest][role]
     return ModelFigures(
-        size_bytes=side["sizeBytes"], parameters=side["parameters"],
-        nonzero_parameters=side["nonzeroParameters"],
-        metric=MetricValue(name=metric_name, value=round(metrics.pop(metric_name), 6)),
-        extra_metrics={k: round(v, 6) for k, v in metrics.items()}, latency_ms=latency)
+        size_bytes=side.size_bytes, parameters=side.parameters,
+        nonzero_parameters=side.nonzero_parameters,
+        metric=MetricValue(name=metric_name, value=round(side.metrics[metric_name], 6)),
+        extra_metrics={name: round(value, 6) for name, value in side.metrics.items()
+                       if name != metric_name},
+        latency_ms=latency)
 
 
-def build_results(ledger: list[dict[str, Any]]) -> Results:
-    """status.results from the steps' figures; speedup per pool at its largest batch size."""
-    validation = next(entry for entry in ledger if entry["step"] == "validate")["figures"]
-    benchmarks = [PoolBenchmark.model_validate(entry["figures"]) for entry in ledger
-                  if entry["step"].startswith("benchmark-")]
-    name = validation["metricName"]
-    baseline = _figures(validation["baseline"], name, benchmarks, "baseline")
-    compressed = _figures(validation["compressed"], name, benchmarks, "compressed")
+def build_results(ledger: Ledger) -> Results:
+    """status.results from the steps' records; speedup per pool at its largest batch size."""
+    validation = last_of(ledger, ValidateRecord)
+    benchmarks = [record.benchmark for record in records_of(ledger, BenchmarkRecord)]
+    name = validation.metric_name
+    baseline = _figures(validation.baseline, name, benchmarks, "baseline")
+    compressed = _figures(validation.compressed, name, benchmarks, "compressed")
     speedup = {pool.pool: pool.speedup[max(pool.speedup, key=int)]
                for pool in benchmarks if pool.available and pool.speedup}
-    candidates = [Candidate(name=c["name"], accuracy_drop=c["accuracy_drop"],
-                            size_bytes=c["size_bytes"], latency_ms=c["latency_ms"],
-                            chosen=c["chosen"], reason=c["reason"])
-                  for entry in ledger for c in entry["figures"].get("candidates", [])]
+    candidates = [candidate for record in ledger
+                  if isinstance(record, QuantizeRecord | SelectRecord)
+                  for candidate in record.candidates]
     return Results(
         baseline=baseline, compressed=compressed, candidates=candidates,
         compression_ratio=round(baseline.size_bytes / compressed.size_bytes, 4),
@@ -62,13 +91,18 @@ def build_results(ledger: list[dict[str, Any]]) -> Results:
         speedup=speedup, benchmarks=benchmarks)
 
 
-def step_statuses(ledger: list[dict[str, Any]]) -> list[StepStatus]:
+def step_statuses(ledger: Ledger) -> list[StepStatus]:
     return [StepStatus(
-        name=entry["step"], phase="Succeeded",
-        started_at=datetime.fromtimestamp(entry["started_at"], UTC),
-        finished_at=datetime.fromtimestamp(entry["started_at"] + entry["seconds"], UTC),
-        duration_seconds=round(entry["seconds"], 3), message=entry["message"])
-        for entry in ledger]
+        name=record.name, phase="Succeeded", started_at=record.started_at,
+        finished_at=record.started_at + timedelta(seconds=record.seconds),
+        duration_seconds=round(record.seconds, 3), message=record.message)
+        for record in ledger]
+
+
+def verdict_of(results: Results, promotion: Promotion) -> PromotionVerdict:
+    """The gates judged with the operator's own code (modelpress.gates)."""
+    verdict = judge(results, promotion)
+    return PromotionVerdict(decision=verdict.decision, reasons=verdict.reasons)
 
 
 # ----------------------------------------------------------------------------- html
@@ -147,8 +181,20 @@ def _pareto_plot(results: Results) -> str | None:
     return encoded
 
 
-def render_html(job_name: str, results: Results, steps: list[StepStatus]) -> str:
-    rows = "".join(
+def _banner(verdict: PromotionVerdict, gated: bool) -> str:
+    """The promotion verdict, first thing on the page: every failed gate when rejected."""
+    reasons = "".join(f"<li>{html.escape(reason)}</li>" for reason in verdict.reasons)
+    if not gated:
+        return ('<div class="verdict none"><b>No promotion gates set</b>: nothing was judged, '
+                "so nothing here says this model is good enough to ship.</div>")
+    if verdict.decision == "Rejected":
+        return (f'<div class="verdict rejected"><b>REJECTED</b>: {len(verdict.reasons)} '
+                f"gate(s) failed<ul>{reasons}</ul></div>")
+    return f'<div class="verdict passed"><b>Gates passed</b><ul>{reasons}</ul></div>'
+
+
+def _figure_rows(results: Results) -> str:
+    return "".join(
         f"<tr><td>{html.escape(label)}</td><td>{base}</td><td>{comp}</td></tr>"
         for label, base, comp in [
             ("size (bytes)", results.baseline.size_bytes, results.compressed.size_bytes),
@@ -159,40 +205,53 @@ def render_html(job_name: str, results: Results, steps: list[StepStatus]) -> str
              f"{results.compressed.metric.value:.4f}"),
         ] + [(name, f"{results.baseline.extra_metrics.get(name, float('nan')):.4f}",
               f"{value:.4f}") for name, value in results.compressed.extra_metrics.items()])
-    pools = "".join(
-        f"<tr><td>{p.pool}</td><td>{'yes' if p.available else 'no: ' + html.escape(p.reason or '')}"
-        f"</td><td>{', '.join(f'batch {b}: {s:.2f}x' for b, s in p.speedup.items())}</td></tr>"
-        for p in results.benchmarks)
-    step_rows = "".join(
-        f"<tr><td>{s.name}</td><td>{s.duration_seconds:.2f} s</td>"
-        f"<td>{html.escape(s.message or '')}</td></tr>" for s in steps)
+
+
+def _candidate_table(results: Results) -> str:
     candidates = "".join(
         f"<tr><td>{'&#9733; ' if c.chosen else ''}{html.escape(c.name)}</td>"
         f"<td>{'' if c.accuracy_drop is None else f'{c.accuracy_drop:.4f}'}</td>"
         f"<td>{c.size_bytes or ''}</td>"
         f"<td>{'' if c.latency_ms is None else f'{c.latency_ms:.3f}'}</td>"
         f"<td>{html.escape(c.reason)}</td></tr>" for c in results.candidates)
-    candidate_table = (
-        "<h2>Candidates</h2><table><tr><th>candidate</th><th>accuracy drop</th><th>bytes</th>"
-        f"<th>p50 ms</th><th>verdict</th></tr>{candidates}</table>" if candidates else "")
+    return ("<h2>Candidates</h2><table><tr><th>candidate</th><th>accuracy drop</th>"
+            f"<th>bytes</th><th>p50 ms</th><th>verdict</th></tr>{candidates}</table>"
+            if candidates else "")
+
+
+_STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px}
+img{max-width:100%;margin:0.5em}.verdict{padding:0.8em 1em;margin:1em 0;border-radius:4px}
+.passed{background:#e3f6e8;border:2px solid #2a7}.rejected{background:#fde8e8;border:2px solid #c22}
+.none{background:#f3f3f3;border:2px solid #888}"""
+
+
+def render_html(job_name: str, results: Results, steps: list[StepStatus],
+                verdict: PromotionVerdict, gated: bool) -> str:
+    pools = "".join(
+        f"<tr><td>{p.pool}</td><td>{'yes' if p.available else 'no: ' + html.escape(p.reason or '')}"
+        f"</td><td>{', '.join(f'batch {b}: {s:.2f}x' for b, s in p.speedup.items())}</td></tr>"
+        for p in results.benchmarks)
+    step_rows = "".join(
+        f"<tr><td>{html.escape(s.name)}</td><td>{s.duration_seconds:.2f} s</td>"
+        f"<td>{html.escape(s.message or '')}</td></tr>" for s in steps)
     plots = "".join(f'<img alt="{alt}" src="data:image/png;base64,{data}">'
                     for alt, data in (("latency", _latency_plot(results)),
                                       ("size", _size_plot(results)),
                                       ("candidates", _pareto_plot(results))) if data)
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <title>modelpress report: {html.escape(job_name)}</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}
-table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px}}
-img{{max-width:100%;margin:0.5em}}</style></head><body>
+<style>{_STYLE}</style></head><body>
 <h1>{html.escape(job_name)}</h1>
+{_banner(verdict, gated)}
 <p>Compression ratio <b>{results.compression_ratio:.2f}x</b>, accuracy drop
 <b>{results.accuracy_drop:.4f}</b>, speedup {html.escape(json.dumps(results.speedup))}.
 Speedup compares the same runtime, threads and batch size against the original model
-exported to fp32 ONNX.</p>
-<table><tr><th></th><th>baseline</th><th>compressed</th></tr>{rows}</table>
+exported to fp32 ONNX (published beside the model as {BASELINE}).</p>
+<table><tr><th></th><th>baseline</th><th>compressed</th></tr>{_figure_rows(results)}</table>
 <h2>Benchmarks</h2><table><tr><th>pool</th><th>ran</th><th>speedup (p50)</th></tr>{pools}</table>
 {plots}
-{candidate_table}
+{_candidate_table(results)}
 <h2>Steps</h2><table><tr><th>step</th><th>compute</th><th>result</th></tr>{step_rows}</table>
 </body></html>"""
 
@@ -200,47 +259,62 @@ exported to fp32 ONNX.</p>
 # ----------------------------------------------------------------------------- publish
 
 
-def report(job_name: str, ledger: list[dict[str, Any]], compressed_onnx: Path,
-           output: str) -> StepResult:
-    """Publish model.onnx, report.html, lineage.json and, last, results.json to `output`.
+def report(name: str, job_name: str, promotion: Promotion, ledger: Ledger,
+           compressed_onnx: Path, baseline_onnx: Path, output: str) -> ReportRecord:
+    """Judge the gates and publish model.onnx, baseline.onnx, report.html, lineage.json and,
+    last, results.json to `output`. `name` is this step's own name (report.html's producer).
 
     results.json goes last: its presence marks a complete, verifiable set of artifacts.
     """
-    with timed("report") as result:
+    with timed() as clock:
         results = build_results(ledger)
-        steps = step_statuses(ledger)
+        verdict = verdict_of(results, promotion)
         store = open_store(output)
         with tempfile.TemporaryDirectory() as scratch:
             folder = Path(scratch)
-            (folder / "report.html").write_text(render_html(job_name, results, steps))
-            stored = {"model.onnx": store.put_file(compressed_onnx, "model.onnx"),
-                      "report.html": store.put_file(folder / "report.html", "report.html")}
-            (folder / LINEAGE).write_text(json.dumps(_lineage(ledger, stored), indent=2))
-            store.put_file(folder / LINEAGE, LINEAGE)
-            artifacts = {"model": stored["model.onnx"].uri, "report": stored["report.html"].uri,
-                         "results": store.uri("results.json"), "lineage": store.uri(LINEAGE)}
-            presign = getattr(store, "presigned_get", None)
-            if presign is not None:
-                artifacts["reportUrl"] = presign("report.html")
-            document = {"results": results.to_wire(), "artifacts": artifacts,
-                        "steps": [s.to_wire() for s in steps]}
-            (folder / "results.json").write_text(json.dumps(document, indent=2))
-            store.put_file(folder / "results.json", "results.json")
-        result.figures = {"artifacts": artifacts}
-        result.message = f"published to {store.root_uri}"
-    return result
+            steps = step_statuses(ledger)
+            (folder / REPORT).write_text(render_html(job_name, results, steps, verdict,
+                                                     gates_set(promotion)), encoding="utf-8")
+            stored = {MODEL: store.put_file(compressed_onnx, MODEL),
+                      BASELINE: store.put_file(baseline_onnx, BASELINE),
+                      REPORT: store.put_file(folder / REPORT, REPORT)}
+            lineage = _lineage(ledger, stored, name)
+            store.put_file(write_lineage(lineage, folder / LINEAGE), LINEAGE)
+            artifacts = Artifacts(model=stored[MODEL].uri, baseline=stored[BASELINE].uri,
+                                  report=stored[REPORT].uri, results=store.uri(RESULTS),
+                                  lineage=store.uri(LINEAGE),
+                                  report_url=_presigned(store, REPORT))
+            document = ResultsDocument(results=results, artifacts=artifacts, steps=steps,
+                                       promotion=verdict)
+            store.put_file(write_results_document(document, folder / RESULTS), RESULTS)
+    return clock.stamp(ReportRecord(
+        artifacts=artifacts, promotion=verdict,
+        message=f"published to {store.root_uri}; "
+                f"{_decision_line(verdict, gates_set(promotion))}"))
 
 
-def _lineage(ledger: list[dict[str, Any]], stored: dict[str, StoredObject]) -> dict[str, Any]:
-    compressing = [e["step"] for e in ledger
-                   if e["step"] in ("prune", "distill", "decompose", "quantize", "select")]
-    producers = {"model.onnx": (compressing or ["fetch"])[-1], "report.html": "report"}
-    fetched: dict[str, Any] = next((e for e in ledger if e["step"] == "fetch"),
-                                   {"figures": {}})
-    return {
-        "inputs": fetched["figures"].get("lineageInputs", {}),
-        "steps": [{"step": e["step"], "seconds": round(e["seconds"], 3), "message": e["message"]}
-                  for e in ledger],
-        "artifacts": {key: {"uri": obj.uri, "sha256": obj.sha256, "sizeBytes": obj.size_bytes,
-                            "producer": producers[key]} for key, obj in stored.items()},
-    }
+def _decision_line(verdict: PromotionVerdict, gated: bool) -> str:
+    if not gated:
+        return "no gates set"
+    if verdict.decision == "Rejected":
+        return "gates failed: " + "; ".join(verdict.reasons)
+    return "gates passed"
+
+
+def _presigned(store: Any, key: str) -> str | None:
+    presign = getattr(store, "presigned_get", None)
+    return None if presign is None else str(presign(key))
+
+
+def _lineage(ledger: Ledger, stored: dict[str, StoredObject], report_name: str) -> Lineage:
+    fetched = last_of(ledger, FetchRecord)
+    changed = [record.name for record in ledger if isinstance(record, MODEL_CHANGING)]
+    producers = {MODEL: (changed or [fetched.name])[-1], BASELINE: fetched.name,
+                 REPORT: report_name}
+    return Lineage(
+        inputs=fetched.lineage_inputs,
+        steps=[LineageStep(name=record.name, seconds=round(record.seconds, 3),
+                           message=record.message) for record in ledger],
+        artifacts={key: LineageArtifact(uri=obj.uri, sha256=obj.sha256,
+                                        size_bytes=obj.size_bytes, producer=producers[key])
+                   for key, obj in stored.items()})

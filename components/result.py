@@ -1,44 +1,38 @@
-"""What each step reports: its own compute time and its figures, appended to a ledger.
+"""How a step times its own work: the clock every step function stamps its record with.
 
-The ledger is a JSON list that flows through the pipeline beside the model, so the report
-step sees every step's figures without the pipeline needing variadic inputs.
+The records themselves (one type per step kind) and the ledger they travel in live in
+`modelpress.records`.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from modelpress.records import StepRecord
+
+R = TypeVar("R", bound=StepRecord)
 
 
 @dataclass
-class StepResult:
-    step: str
-    started_at: float = 0.0
+class Clock:
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     seconds: float = 0.0
-    figures: dict[str, Any] = field(default_factory=dict)
-    message: str = ""
+
+    def stamp(self, record: R) -> R:
+        """`record` with this clock's start and measured seconds."""
+        return record.model_copy(update={"started_at": self.started_at,
+                                         "seconds": self.seconds})
 
 
 @contextmanager
-def timed(step: str) -> Iterator[StepResult]:
+def timed() -> Iterator[Clock]:
     """Measure the step's own compute time (wall clock inside the step function)."""
-    result = StepResult(step=step, started_at=time.time())
+    clock = Clock()
     begin = time.perf_counter()
-    yield result
-    result.seconds = time.perf_counter() - begin
-
-
-def read_ledger(path: Path | None) -> list[dict[str, Any]]:
-    if path is None or not path.is_file():
-        return []
-    return list(json.loads(path.read_text()))
-
-
-def append_ledger(previous: Path | None, result: StepResult, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(read_ledger(previous) + [asdict(result)], indent=2))
+    yield clock
+    clock.seconds = time.perf_counter() - begin

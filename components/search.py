@@ -1,97 +1,86 @@
-"""Search: one spec parameter takes each candidate value; the select step picks the winner.
+"""Search: one spec parameter takes each candidate value; the select step keeps the winner.
 
-The winner is the most compressed candidate within `maxAccuracyDrop` (objective `size`),
-or the fastest (objective `latency`). When none qualifies, the original model is what
-comes out, with every candidate's figures and the reason: search never hands on a model
-that misses its target.
+The pipeline builder applies the values (modelpress.pipelines.build): each candidate is its
+own chain of steps with plain options, validated like any job. Select then times every
+candidate against the others on one machine and keeps the most compressed within
+`maxAccuracyDrop` (objective `size`) or the fastest (objective `latency`). When none
+qualifies, the original model is what comes out, validated, with every candidate's
+figures and the reason: search never hands on a model that misses its target. Whatever
+is kept is benchmarked afterwards on every pool, like the model of a job without search.
 """
 
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
-from typing import Any
 
-from modelpress.api import CompressionSpec
+from modelpress.api import Search
+from modelpress.components.benchmark import p50_latencies
 from modelpress.components.data import Arrays
 from modelpress.components.fetch import BASELINE_ONNX
-from modelpress.components.modelio import Manifest, read_manifest, write_manifest
-from modelpress.components.result import StepResult, read_ledger, timed
+from modelpress.components.modelio import read_manifest, write_manifest
+from modelpress.components.result import timed
 from modelpress.components.selection import Measured, choose
-
-_PARAMETER = re.compile(r"^steps\[(\d+)\]\.(\w+)\.(\w+)$")
-
-
-def apply_candidate(spec: CompressionSpec, candidate: int) -> CompressionSpec:
-    """The spec with the searched parameter set to the candidate's value (-1: unchanged)."""
-    if spec.search is None or candidate < 0:
-        return spec
-    match = _PARAMETER.match(spec.search.parameter)
-    assert match, "the spec's validator checked the parameter's form"
-    index, kind, field = int(match[1]), match[2], match[3]
-    wire = spec.to_wire()
-    wire["steps"][index][kind][field] = spec.search.values[candidate]
-    return CompressionSpec.model_validate(wire)
+from modelpress.records import (
+    FetchRecord,
+    LatencyProbe,
+    Ledger,
+    SelectRecord,
+    ValidateRecord,
+    last_of,
+    records_of,
+)
 
 
-def candidate_figures(ledger: list[dict[str, Any]], name: str) -> Measured:
-    """Accuracy drop and size from validate; p50 at the largest batch of the first pool."""
-    validation = next(e for e in ledger if e["step"] == "validate")["figures"]
-    metric = validation["metricName"]
-    drop = validation["baseline"]["metrics"][metric] - validation["compressed"]["metrics"][metric]
-    latency = None
-    for entry in ledger:
-        figures = entry["figures"]
-        if entry["step"].startswith("benchmark-") and figures.get("available"):
-            largest = max(figures["batches"], key=int)
-            latency = figures["batches"][largest]["compressed"]["p50"]
-            break
-    return Measured(name=name, accuracy_drop=round(drop, 6),
-                    size_bytes=validation["compressed"]["sizeBytes"], latency_ms=latency)
+def candidate_names(search: Search) -> list[str]:
+    return [f"{search.parameter}={value}" for value in search.values]
 
 
-def select(spec: CompressionSpec, original: Path, evaluation: Arrays, models: list[Path],
-           ledgers: list[Path], compressed_out: Path) -> tuple[list[dict[str, Any]], StepResult]:
-    """Copy the winner to `compressed_out`; return the ledger to carry on and the step result."""
-    from dataclasses import asdict
+def _measured(name: str, ledger: Ledger, latency_ms: float) -> Measured:
+    validation = last_of(ledger, ValidateRecord)
+    return Measured(name=name, accuracy_drop=round(validation.accuracy_drop, 6),
+                    size_bytes=validation.compressed.size_bytes, latency_ms=latency_ms)
 
-    assert spec.search is not None
-    with timed("select") as result:
-        entries = [read_ledger(path) for path in ledgers]
-        names = [f"{spec.search.parameter}={value}" for value in spec.search.values]
-        measured = [candidate_figures(ledger, name) for ledger, name in zip(entries, names,
-                                                                             strict=True)]
-        winner, judged = choose(measured, spec.search.max_accuracy_drop, spec.search.objective)
-        result.figures = {"candidates": [asdict(c) for c in judged]}
+
+def select(search: Search, probe: LatencyProbe, original: Path, evaluation: Arrays,
+           models: list[Path], ledgers: list[Ledger], compressed_out: Path
+           ) -> tuple[Ledger, SelectRecord]:
+    """Copy the kept model (ONNX) to `compressed_out`; return the ledger that led to it
+    (the winner's steps, or fetch and the original's validation) and select's record."""
+    names = candidate_names(search)
+    with timed() as clock:
+        latencies = p50_latencies({name: model / "model.onnx"
+                                   for name, model in zip(names, models, strict=True)},
+                                  evaluation, probe)
+        measured = [_measured(name, ledger, latencies[name])
+                    for name, ledger in zip(names, ledgers, strict=True)]
+        winner, judged = choose(measured, search.max_accuracy_drop, search.objective)
         if winner is not None:
-            chosen = names.index(winner.name)
-            shutil.copytree(models[chosen], compressed_out, dirs_exist_ok=True)
-            carried = entries[chosen]
-            result.message = f"chose {winner.name}: {winner.reason}"
-        else:
-            carried = _original_as_result(original, evaluation, compressed_out, entries[0])
-            result.message = (f"no candidate kept the accuracy drop within "
-                              f"{spec.search.max_accuracy_drop}; the original model is kept")
-    return carried, result
+            shutil.copytree(models[names.index(winner.name)], compressed_out,
+                            dirs_exist_ok=True)
+    candidates = [candidate.as_candidate() for candidate in judged]
+    if winner is not None:
+        reason = next(candidate.reason for candidate in judged if candidate.chosen)
+        record = SelectRecord(candidates=candidates, chosen=winner.name,
+                              message=f"chose {winner.name}: {reason}")
+        return ledgers[names.index(winner.name)], clock.stamp(record)
+    record = SelectRecord(candidates=candidates, message=(
+        f"no candidate kept the accuracy drop within {search.max_accuracy_drop}; the "
+        "original model is kept"))
+    kept = _original_validated(original, evaluation, compressed_out, ledgers[0])
+    return kept, clock.stamp(record)
 
 
-def _original_as_result(original: Path, evaluation: Arrays, out: Path,
-                        any_ledger: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """When nothing qualifies: the original (fp32 ONNX) validated as the outcome."""
-    from dataclasses import asdict
-
+def _original_validated(original: Path, evaluation: Arrays, out: Path,
+                        any_ledger: Ledger) -> Ledger:
+    """When nothing qualifies: the original (its fp32 ONNX baseline) validated as the
+    outcome, recorded under the name the candidates' validate step has."""
     from modelpress.components.validate import validate
 
-    source = read_manifest(original)
     staged = out.parent / f"{out.name}-original"
-    shutil.copyfile(original / BASELINE_ONNX, _onnx_folder(staged, source) / "model.onnx")
+    write_manifest(staged, read_manifest(original).with_format("onnx"))
+    shutil.copyfile(original / BASELINE_ONNX, staged / "model.onnx")
     validation = validate(original, staged, evaluation, out)
     shutil.rmtree(staged)
-    fetched = [entry for entry in any_ledger if entry["step"] == "fetch"]
-    return fetched + [asdict(validation)]
-
-
-def _onnx_folder(folder: Path, source: Manifest) -> Path:
-    write_manifest(folder, source.with_format("onnx"))
-    return folder
+    name = last_of(any_ledger, ValidateRecord).name
+    return [*records_of(any_ledger, FetchRecord), validation.model_copy(update={"name": name})]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from modelpress.api import Candidate
+
 NEAR_TIE = 0.02
 
 
@@ -21,6 +23,12 @@ class Measured:
     error: str | None = None
     chosen: bool = False
     reason: str = ""
+
+    def as_candidate(self) -> Candidate:
+        """The judged candidate as results.json lists it."""
+        return Candidate(name=self.name, accuracy_drop=self.accuracy_drop,
+                         size_bytes=self.size_bytes, latency_ms=self.latency_ms,
+                         chosen=self.chosen, reason=self.reason)
 
 
 def _key(candidate: Measured, objective: str) -> tuple[float, float]:

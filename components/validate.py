@@ -16,7 +16,8 @@ from modelpress.components.data import LABELS, Arrays
 from modelpress.components.fetch import BASELINE_ONNX
 from modelpress.components.modelio import load_torch, onnx_working_model, read_manifest
 from modelpress.components.onnxstats import onnx_figures, run_batched, session
-from modelpress.components.result import StepResult, timed
+from modelpress.components.result import timed
+from modelpress.records import MeasuredModel, ValidateRecord
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -62,8 +63,15 @@ def ensure_onnx(model_in: Path, sample: Arrays, onnx_out: Path) -> Path:
     return onnx_out / "model.onnx"
 
 
-def validate(original: Path, model_in: Path, evaluation: Arrays, onnx_out: Path) -> StepResult:
-    with timed("validate") as result:
+def _measured(path: Path, metrics: dict[str, float]) -> MeasuredModel:
+    return MeasuredModel.model_validate({**onnx_figures(path), "metrics": metrics})
+
+
+def validate(original: Path, model_in: Path, evaluation: Arrays, onnx_out: Path
+             ) -> ValidateRecord:
+    """Both models' task metrics on the eval set; the working model lands in `onnx_out` as
+    ONNX (exported fp32 if it is still torch)."""
+    with timed() as clock:
         task = read_manifest(original).task
         compressed_onnx = ensure_onnx(model_in, evaluation, onnx_out)
         reference = run_batched(session(original / BASELINE_ONNX), evaluation)
@@ -72,11 +80,10 @@ def validate(original: Path, model_in: Path, evaluation: Arrays, onnx_out: Path)
         baseline_metrics = task_metrics(task, reference, reference, labels)
         compressed_metrics = task_metrics(task, outputs, reference, labels)
         headline = next(iter(compressed_metrics))
-        result.figures = {
-            "metricName": headline,
-            "baseline": {**onnx_figures(original / BASELINE_ONNX), "metrics": baseline_metrics},
-            "compressed": {**onnx_figures(compressed_onnx), "metrics": compressed_metrics},
-        }
-        result.message = (f"{headline} {baseline_metrics[headline]:.4f} -> "
-                          f"{compressed_metrics[headline]:.4f} on {len(outputs)} rows")
-    return result
+        record = ValidateRecord(
+            metric_name=headline,
+            baseline=_measured(original / BASELINE_ONNX, baseline_metrics),
+            compressed=_measured(compressed_onnx, compressed_metrics),
+            message=f"{headline} {baseline_metrics[headline]:.4f} -> "
+                    f"{compressed_metrics[headline]:.4f} on {len(outputs)} rows")
+    return clock.stamp(record)

@@ -6,32 +6,78 @@ from the store, so a consumer never uses an artifact that changed after publicat
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
-from typing import Any
 
+from pydantic import Field, ValidationError
+
+from modelpress.api import Model
 from modelpress.errors import StoreError
 from modelpress.store import Store, sha256_of
 
 LINEAGE = "lineage.json"
 
 
-def read_lineage(store: Store, scratch: Path) -> dict[str, Any]:
-    document: dict[str, Any] = json.loads(store.get_file(LINEAGE, scratch / LINEAGE).read_text())
-    return document
+class LineageInput(Model):
+    """One input the job read (the model, each dataset): where from, and its digest."""
+
+    uri: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
-def verify_outputs(store: Store) -> dict[str, Any]:
+class LineageStep(Model):
+    name: str
+    seconds: float
+    message: str = ""
+
+
+class LineageArtifact(Model):
+    uri: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size_bytes: int
+    producer: str = Field(description="The step that wrote it, named as the steps record.")
+
+
+class Lineage(Model):
+    """lineage.json: the inputs, the steps in order, and every published artifact by key."""
+
+    inputs: dict[str, LineageInput] = Field(default_factory=dict)
+    steps: list[LineageStep] = Field(default_factory=list)
+    artifacts: dict[str, LineageArtifact]
+
+
+def write_lineage(lineage: Lineage, path: Path) -> Path:
+    path.write_text(lineage.model_dump_json(by_alias=True, exclude_none=True, indent=2),
+                    encoding="utf-8")
+    return path
+
+
+def read_lineage(store: Store, scratch: Path) -> Lineage:
+    local = store.get_file(LINEAGE, scratch / LINEAGE)
+    try:
+        return Lineage.model_validate_json(local.read_text(encoding="utf-8"))
+    except ValidationError as error:
+        raise StoreError(f"{store.uri(LINEAGE)} is not a modelpress lineage document: "
+                         f"{first_problem(error)}") from None
+
+
+def first_problem(error: ValidationError) -> str:
+    """The first thing a document got wrong, as one line: `field.path: what`."""
+    problem = error.errors()[0]
+    where = ".".join(str(part) for part in problem["loc"])
+    return f"{where}: {problem['msg']}" if where else str(problem["msg"])
+
+
+def verify_outputs(store: Store) -> Lineage:
     """Download every artifact lineage.json names and check its digest; return the lineage."""
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         lineage = read_lineage(store, folder)
-        for key, record in lineage["artifacts"].items():
+        for key, record in lineage.artifacts.items():
             local = store.get_file(key, folder / "artifact")
             digest = sha256_of(local)
-            if digest != record["sha256"]:
+            if digest != record.sha256:
                 raise StoreError(f"{store.uri(key)} was modified after publication: sha256 "
                                  f"{digest[:12]}… differs from lineage.json's "
-                                 f"{record['sha256'][:12]}…")
+                                 f"{record.sha256[:12]}…")
     return lineage

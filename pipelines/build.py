@@ -1,12 +1,21 @@
-"""Wire the steps of a job into a KFP pipeline: fetch, the spec's steps in order, validate,
-one benchmark task per pool (on that pool's nodes), report."""
+"""Wire the steps of a job into a KFP pipeline, in the order and under the names of
+`modelpress.pipelines.steps`: fetch, the spec's steps, validate, (select), one benchmark
+task per pool (on that pool's nodes), report.
+
+Everything a step needs is decided here, when the pipeline is built: each compression task
+gets its own options (search candidates included: a ParallelFor over the searched step's
+options), auto quantization its bar and how to time recipes, each benchmark its pool.
+"""
 
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
-from modelpress.api import CompressionJob, Pool
+from modelpress.api import CompressionJob, CompressionSpec, Model, Pool, QuantizeStep
+from modelpress.pipelines.steps import PlannedStep, planned_steps
+from modelpress.records import LatencyProbe
 
 PIPELINE_PREFIX = "modelpress-"
 
@@ -52,34 +61,126 @@ def pipeline_name(job: CompressionJob) -> str:
     return PIPELINE_PREFIX + re.sub(r"[^a-z0-9-]", "-", job.metadata.name)
 
 
-def _compress_and_measure(ops: dict[str, Any], job: CompressionJob, job_spec: Any,
-                          candidate: Any, fetched: Any) -> tuple[Any, Any]:
-    """The spec's steps, validate, and a benchmark per pool; returns (compressed, ledger)."""
-    original, data = fetched.outputs["original"], fetched.outputs["data"]
-    model, ledger = original, fetched.outputs["ledger"]
-    for index, step in enumerate(job.spec.steps):
-        task = ops["compress_op"](job=job_spec, index=index, candidate=candidate,
-                                  original=original, data=data, model_in=model, ledger_in=ledger)
-        task.set_display_name(f"{index}-{step.kind}")
-        model, ledger = task.outputs["model_out"], task.outputs["ledger"]
-    validated = ops["validate_op"](job=job_spec, original=original, data=data, model_in=model,
-                                   ledger_in=ledger).set_display_name("validate")
-    compressed, ledger = validated.outputs["compressed"], validated.outputs["ledger"]
-    for pool in job.spec.benchmark.pools:
-        measured = ops["benchmark_op"](job=job_spec, pool=pool.name, original=original,
-                                       data=data, compressed=compressed, ledger_in=ledger)
-        measured.set_display_name(f"benchmark-{pool.name}")
+# The default fidelity bar of auto quantization, when neither the step nor the gates set one.
+DEFAULT_AUTO_BAR = 0.01
+
+
+def resolved_options(spec: CompressionSpec, options: Model) -> Model:
+    """`options` with what is decided at build time filled in: auto quantization's bar is
+    the step's own, else promotion.gates.maxAccuracyDrop, else 0.01."""
+    if isinstance(options, QuantizeStep) and options.mode == "auto" \
+            and options.max_accuracy_drop is None:
+        bar = spec.promotion.gates.max_accuracy_drop
+        return options.model_copy(update={"max_accuracy_drop": DEFAULT_AUTO_BAR if bar is None
+                                          else bar})
+    return options
+
+
+def latency_probe(spec: CompressionSpec) -> LatencyProbe:
+    """How candidates are timed against each other: the largest batch size, with the
+    threads of the first CPU pool."""
+    cpu_pools = [pool for pool in spec.benchmark.pools if pool.device == "cpu"]
+    return LatencyProbe(batch_size=max(spec.benchmark.batch_sizes),
+                        threads=cpu_pools[0].threads if cpu_pools else 1)
+
+
+def candidate_options(spec: CompressionSpec) -> list[Model]:
+    """The searched step's options once per candidate value, in the order of search.values,
+    resolved like any step's options."""
+    searched = spec.searched_option()
+    assert searched is not None
+    return [resolved_options(spec, options) for options in spec.step_variants(searched[0])]
+
+
+def _json(model: Model) -> str:
+    return model.model_dump_json(by_alias=True, exclude_none=True)
+
+
+@dataclass(frozen=True)
+class Flow:
+    """The outputs the next task reads: fetch's files, and the model and ledger so far."""
+
+    original: Any
+    datasets: Any
+    model: Any
+    ledger: Any
+
+
+def _compression_task(ops: dict[str, Any], step: PlannedStep, options: Any, probe: str,
+                      flow: Flow) -> Flow:
+    chain = {"datasets": flow.datasets, "model_in": flow.model, "ledger_in": flow.ledger}
+    if step.kind == "decompose":
+        task = ops["decompose_op"](name=step.name, options=options, **chain)
+    elif step.kind == "quantize":
+        task = ops["quantize_op"](name=step.name, options=options, probe=probe,
+                                  original=flow.original, **chain)
+    else:
+        task = ops[f"{step.kind}_op"](name=step.name, options=options, original=flow.original,
+                                      **chain)
+    task.set_display_name(step.name)
+    return replace(flow, model=task.outputs["model_out"], ledger=task.outputs["ledger"])
+
+
+def _compress_and_validate(ops: dict[str, Any], spec: CompressionSpec, plan: list[PlannedStep],
+                           flow: Flow, searched: tuple[int, Any] | None) -> Flow:
+    """The spec's steps, then validate; `searched`: (index, options) of the step whose
+    options a search candidate sets (the ParallelFor's item)."""
+    probe = _json(latency_probe(spec))
+    for step in plan:
+        if step.kind == "validate":
+            task = ops["validate_op"](name=step.name, original=flow.original,
+                                      datasets=flow.datasets, model_in=flow.model,
+                                      ledger_in=flow.ledger).set_display_name(step.name)
+            return replace(flow, model=task.outputs["compressed"], ledger=task.outputs["ledger"])
+        assert step.index is not None
+        options = searched[1] if searched and searched[0] == step.index else \
+            _json(resolved_options(spec, spec.steps[step.index].options))
+        flow = _compression_task(ops, step, options, probe, flow)
+    raise AssertionError("the plan always validates after the spec's steps")
+
+
+def _search(ops: dict[str, Any], spec: CompressionSpec, plan: list[PlannedStep],
+            flow: Flow) -> Flow:
+    """Every candidate's chain in a ParallelFor, then select keeps one model (or the
+    original) and the ledger that led to it."""
+    from kfp import dsl
+
+    searched = spec.searched_option()
+    assert spec.search is not None and searched is not None
+    items = [_json(options) for options in candidate_options(spec)]
+    chain = [step for step in plan if step.in_chain]
+    with dsl.ParallelFor(items=items, parallelism=2) as candidate:
+        measured = _compress_and_validate(ops, spec, chain, flow,
+                                          (searched[0], candidate))
+    select = next(step for step in plan if step.kind == "select")
+    chosen = ops["select_op"](name=select.name, search=_json(spec.search),
+                              probe=_json(latency_probe(spec)), original=flow.original,
+                              datasets=flow.datasets, models=dsl.Collected(measured.model),
+                              ledgers=dsl.Collected(measured.ledger))
+    chosen.set_display_name(select.name)
+    return replace(flow, model=chosen.outputs["compressed"], ledger=chosen.outputs["ledger"])
+
+
+def _benchmarks(ops: dict[str, Any], spec: CompressionSpec, plan: list[PlannedStep],
+                flow: Flow) -> Flow:
+    pools = {pool.name: pool for pool in spec.benchmark.pools}
+    for step in plan:
+        if step.kind != "benchmark":
+            continue
+        assert step.pool is not None
+        pool = pools[step.pool]
+        settings = spec.benchmark.model_copy(update={"pools": [pool]})
+        measured = ops["benchmark_op"](name=step.name, pool=_json(pool), settings=_json(settings),
+                                       original=flow.original, datasets=flow.datasets,
+                                       compressed=flow.model, ledger_in=flow.ledger)
+        measured.set_display_name(step.name)
         _place_on_pool(measured, pool)
-        ledger = measured.outputs["ledger"]
-    return compressed, ledger
+        flow = replace(flow, ledger=measured.outputs["ledger"])
+    return flow
 
 
 def build_pipeline(job: CompressionJob, output: str) -> Callable[..., Any]:
-    """A KFP pipeline function for `job` that publishes its results to `output`.
-
-    With `spec.search`, each candidate value runs the whole chain inside a ParallelFor and
-    a select task picks the winner from the collected figures.
-    """
+    """A KFP pipeline function for `job` that publishes its results to `output`."""
     from kfp import dsl
 
     from modelpress.components.ops import make_ops
@@ -87,25 +188,25 @@ def build_pipeline(job: CompressionJob, output: str) -> Callable[..., Any]:
 
     raw_ops = make_ops(job.spec.image or get_settings().step_image)
     ops = {name: _accessing_store(op) for name, op in raw_ops.items()}
-    spec_json = job.spec.model_dump_json(by_alias=True, exclude_none=True)
-    search = job.spec.search
+    spec = job.spec
+    plan = planned_steps(spec)
+    first, last = plan[0], plan[-1]
 
     @dsl.pipeline(name=pipeline_name(job), description=f"modelpress job {job.metadata.name}")
-    def compression_pipeline(job_spec: str = spec_json, output_uri: str = output) -> None:
-        fetched = ops["fetch_op"](job=job_spec).set_display_name("fetch")
-        if search is None:
-            compressed, ledger = _compress_and_measure(ops, job, job_spec, -1, fetched)
+    def compression_pipeline(output_uri: str = output) -> None:
+        fetched = ops["fetch_op"](name=first.name, spec=_json(spec)).set_display_name(first.name)
+        flow = Flow(original=fetched.outputs["original"], datasets=fetched.outputs["datasets"],
+                    model=fetched.outputs["original"], ledger=fetched.outputs["ledger"])
+        if spec.search is None:
+            flow = _compress_and_validate(ops, spec, [s for s in plan if s.in_chain], flow,
+                                          None)
         else:
-            with dsl.ParallelFor(items=list(range(len(search.values))), parallelism=2) as index:
-                compressed, ledger = _compress_and_measure(ops, job, job_spec, index, fetched)
-            chosen = ops["select_op"](job=job_spec, original=fetched.outputs["original"],
-                                      data=fetched.outputs["data"],
-                                      models=dsl.Collected(compressed),
-                                      ledgers=dsl.Collected(ledger))
-            chosen.set_display_name("select")
-            compressed, ledger = chosen.outputs["compressed"], chosen.outputs["ledger"]
-        ops["report_op"](job=job_spec, job_name=job.metadata.name, output=output_uri,
-                         compressed=compressed, ledger_in=ledger).set_display_name("report")
+            flow = _search(ops, spec, plan, flow)
+        flow = _benchmarks(ops, spec, plan, flow)
+        ops["report_op"](name=last.name, job_name=job.metadata.name, output=output_uri,
+                         promotion=_json(spec.promotion), original=flow.original,
+                         compressed=flow.model, ledger_in=flow.ledger
+                         ).set_display_name(last.name)
 
     return compression_pipeline
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import re
 import tempfile
 import time
 import warnings
@@ -26,6 +25,7 @@ from kfp_server_api.exceptions import ApiException
 from modelpress.api import StepStatus
 from modelpress.operator.backends.base import BackendError, RunPhase, RunRequest, RunState
 from modelpress.pipelines.build import compile_pipeline
+from modelpress.pipelines.steps import is_step_name
 
 T = TypeVar("T")
 
@@ -37,9 +37,6 @@ _STEP_PHASES = {"PENDING": "Pending", "RUNNING": "Running", "SUCCEEDED": "Succee
                 "SKIPPED": "Skipped", "FAILED": "Failed", "CANCELED": "Failed",
                 "CANCELING": "Running"}
 _IN_FLIGHT = {"RUNTIME_STATE_UNSPECIFIED", "PENDING", "RUNNING", "PAUSED", "CANCELING"}
-# The task names the pipeline gives its steps: fetch, N-<kind>, validate, benchmark-<pool>,
-# report; the root DAG and driver tasks are left out.
-_STEP_NAME = re.compile(r"^(fetch|validate|report|benchmark-[a-z0-9-]+|\d+-[a-z]+)$")
 _NETWORK_ERRORS = (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
 _CAPACITY_PAGE = 200
 
@@ -255,7 +252,7 @@ def run_state(run: Any) -> RunState:
     """A RunState from a kfp_server_api V2beta1Run."""
     state = str(run.state or "RUNTIME_STATE_UNSPECIFIED")
     tasks = [task for task in (run.run_details.task_details or [] if run.run_details else [])
-             if task.display_name and _STEP_NAME.match(task.display_name)]
+             if task.display_name and is_step_name(task.display_name)]
     tasks.sort(key=lambda task: _utc(task.start_time) or datetime.max.replace(tzinfo=UTC))
     steps = [_step(task) for task in tasks]
     failed = next((task for task in tasks if str(task.state) == "FAILED"), None)
@@ -263,7 +260,7 @@ def run_state(run: Any) -> RunState:
     if state == "FAILED" and not message:
         message = _message(run.error)
     return RunState(run_id=str(run.run_id), phase=_PHASES.get(state, "Pending"), steps=steps,
-                    failed_step=_step_name(failed.display_name) if failed else None,
+                    failed_step=failed.display_name if failed else None,
                     message=message, started_at=_utc(run.scheduled_at or run.created_at),
                     finished_at=_utc(run.finished_at) if state in ("SUCCEEDED", "FAILED",
                                                                     "CANCELED") else None)
@@ -272,15 +269,10 @@ def run_state(run: Any) -> RunState:
 def _step(task: Any) -> StepStatus:
     started, ended = _utc(task.start_time), _utc(task.end_time)
     duration = (ended - started).total_seconds() if started and ended else None
-    return StepStatus(name=_step_name(task.display_name),
+    return StepStatus(name=task.display_name,
                       phase=_STEP_PHASES.get(str(task.state), "Pending"),  # type: ignore[arg-type]
                       started_at=started, finished_at=ended, duration_seconds=duration,
                       message=_message(task.error))
-
-
-def _step_name(display_name: str) -> str:
-    """'0-prune' -> 'prune': the names the steps report under, everywhere else."""
-    return re.sub(r"^\d+-", "", display_name)
 
 
 def _message(error: Any) -> str | None:

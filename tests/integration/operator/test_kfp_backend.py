@@ -65,7 +65,7 @@ TASKS: list[dict[str, Any]] = [
      "start_time": "2025-05-01T12:00:00Z"},
     {"display_name": "fetch", "state": "SUCCEEDED", "start_time": "2025-05-01T12:00:01Z",
      "end_time": "2025-05-01T12:00:04Z"},
-    {"display_name": "0-prune", "state": "FAILED", "start_time": "2025-05-01T12:00:05Z",
+    {"display_name": "prune", "state": "FAILED", "start_time": "2025-05-01T12:00:05Z",
      "end_time": "2025-05-01T12:00:09Z",
      "error": {"code": 2, "message": "sparsity leaves no weights"}},
 ]

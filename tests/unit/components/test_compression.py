@@ -132,8 +132,10 @@ def test_distill_trains_a_named_student_and_reports_kd_against_labels_only(tmp_p
     result = distill(tmp_path / "original", tmp_path / "original", options,
                      zoo.digits("train"), tmp_path / "student")
     assert read_manifest(tmp_path / "student").architecture == "builtin://digits-mlp"
-    assert result.figures["kept"] in ("kd", "labels-only")
-    assert result.figures["holdoutAccuracyKd"] > 0.8
-    assert result.figures["holdoutAccuracyLabelsOnly"] > 0.8
+    assert result.kept in ("kd", "labels-only")
+    assert result.holdout_accuracy_kd is not None and result.holdout_accuracy_kd > 0.8
+    assert result.holdout_accuracy_labels_only is not None
+    assert result.holdout_accuracy_labels_only > 0.8
+    assert result.seconds > 0 and result.message.startswith(f"kept {result.kept}")
     student = load_torch(tmp_path / "student")
     assert sum(p.numel() for p in student.parameters()) < 5000

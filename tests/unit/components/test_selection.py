@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from modelpress.api import CompressionSpec
-from modelpress.components.search import apply_candidate, candidate_figures
 from modelpress.components.selection import Measured, choose
 
 
@@ -53,33 +51,3 @@ def test_losers_say_what_beat_them() -> None:
     reasons = {c.name: c.reason for c in judged}
     assert reasons["0.5"] == "larger: 300 bytes vs 200"
     assert reasons["0.9"].startswith("accuracy drop 0.0400 exceeds")
-
-
-def _spec() -> CompressionSpec:
-    return CompressionSpec.model_validate({
-        "model": {"uri": "builtin://digits-cnn"},
-        "data": {"eval": "builtin://digits", "train": "builtin://digits?split=train"},
-        "steps": [{"prune": {"sparsity": 0.5}}, {"quantize": {"mode": "dynamic"}}],
-        "search": {"parameter": "steps[0].prune.sparsity", "values": [0.3, 0.9]},
-    })
-
-
-def test_apply_candidate_sets_only_the_searched_field() -> None:
-    spec = _spec()
-    assert apply_candidate(spec, 1).steps[0].prune.sparsity == 0.9
-    assert apply_candidate(spec, -1) is spec
-    assert apply_candidate(spec, 0).steps[1] == spec.steps[1]
-
-
-def test_candidate_figures_read_the_ledger() -> None:
-    ledger = [
-        {"step": "validate", "figures": {"metricName": "accuracy",
-                                         "baseline": {"metrics": {"accuracy": 0.99}},
-                                         "compressed": {"metrics": {"accuracy": 0.98},
-                                                        "sizeBytes": 1234}}},
-        {"step": "benchmark-cpu", "figures": {"available": True, "batches": {
-            "1": {"compressed": {"p50": 0.1}}, "64": {"compressed": {"p50": 2.5}}}}},
-    ]
-    figures = candidate_figures(ledger, "x")
-    assert figures.accuracy_drop == pytest.approx(0.01)
-    assert figures.size_bytes == 1234 and figures.latency_ms == 2.5

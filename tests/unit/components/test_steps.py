@@ -8,13 +8,22 @@ import numpy as np
 import pytest
 import torch
 
-from modelpress.api import DecomposeStep, Latency, PoolBenchmark
+from modelpress.api import Candidate, DecomposeStep, Latency, PoolBenchmark
 from modelpress.components.benchmark import interleaved_latency, percentiles
 from modelpress.components.data import take
 from modelpress.components.decompose import factorize, rank_for
 from modelpress.components.prune import magnitude_masks, schedule_sparsities, step_ratios
-from modelpress.components.report import build_results
+from modelpress.components.report import build_results, step_statuses
 from modelpress.components.validate import cosine_to_reference, pairwise_spearman, task_metrics
+from modelpress.records import (
+    BenchmarkRecord,
+    FetchRecord,
+    Ledger,
+    MeasuredModel,
+    PruneRecord,
+    QuantizeRecord,
+    ValidateRecord,
+)
 
 # ----------------------------------------------------------------------------- prune
 
@@ -217,37 +226,34 @@ def test_take_repeats_a_small_set() -> None:
 # ----------------------------------------------------------------------------- report
 
 
-def _pool(name: str, batches: dict[str, tuple[float, float]]) -> dict[str, Any]:
+def _pool(name: str, batches: dict[str, tuple[float, float]]) -> PoolBenchmark:
     report = PoolBenchmark(pool=name, device="cpu", available=True, threads=1,
                            provider="CPUExecutionProvider")
     for batch, (baseline, compressed) in batches.items():
         report.batches[batch] = {"baseline": Latency(p50=baseline, p95=baseline * 1.2),
                                  "compressed": Latency(p50=compressed, p95=compressed * 1.2)}
         report.speedup[batch] = round(baseline / compressed, 4)
-    return report.to_wire()
+    return report
 
 
-def _ledger() -> list[dict[str, Any]]:
-    def entry(step: str, figures: dict[str, Any]) -> dict[str, Any]:
-        return {"step": step, "started_at": 1_700_000_000.0, "seconds": 1.0,
-                "figures": figures, "message": ""}
-
-    side = {"parameters": 1000, "nonzeroParameters": 1000}
+def _ledger() -> Ledger:
+    """What the steps of a prune + quantize job with two pools record."""
     return [
-        entry("fetch", {"format": "bundle", "inputs": ["x"], "evalRows": 10}),
-        entry("prune", {"parameters": 1000, "nonzeroParameters": 500}),
-        entry("validate", {
-            "metricName": "accuracy",
-            "baseline": {**side, "sizeBytes": 4000,
-                         "metrics": {"accuracy": 0.98, "agreement": 1.0}},
-            "compressed": {**side, "nonzeroParameters": 500, "sizeBytes": 1000,
-                           "metrics": {"accuracy": 0.965, "agreement": 0.97}},
-        }),
+        FetchRecord(name="fetch", format="bundle", inputs=["x"], eval_rows=10,
+                    lineage_inputs={}),
+        PruneRecord(name="prune", parameters_before=1000, parameters=1000,
+                    nonzero_parameters=500, parameter_reduction=0.5),
+        ValidateRecord(
+            name="validate", metric_name="accuracy",
+            baseline=MeasuredModel(size_bytes=4000, parameters=1000, nonzero_parameters=1000,
+                                   metrics={"accuracy": 0.98, "agreement": 1.0}),
+            compressed=MeasuredModel(size_bytes=1000, parameters=1000, nonzero_parameters=500,
+                                     metrics={"accuracy": 0.965, "agreement": 0.97})),
         # batch "8" sorts after "64" as text: the largest batch is 64
-        entry("benchmark-cpu", _pool("cpu", {"1": (1.0, 0.8), "8": (4.0, 2.0),
-                                             "64": (30.0, 10.0)})),
-        entry("benchmark-gpu", PoolBenchmark(pool="gpu", device="cuda", available=False,
-                                             reason="no CUDA here").to_wire()),
+        BenchmarkRecord(name="benchmark-cpu", benchmark=_pool(
+            "cpu", {"1": (1.0, 0.8), "8": (4.0, 2.0), "64": (30.0, 10.0)})),
+        BenchmarkRecord(name="benchmark-gpu", benchmark=PoolBenchmark(
+            pool="gpu", device="cuda", available=False, reason="no CUDA here")),
     ]
 
 
@@ -278,3 +284,25 @@ def test_build_results_lists_an_unavailable_pool_without_a_speedup() -> None:
     assert "gpu" not in results.compressed.latency_ms
     wire = results.to_wire()
     assert wire["compressionRatio"] == 4.0 and wire["accuracyDrop"] == pytest.approx(0.015)
+
+
+def test_build_results_collects_every_candidate_in_order() -> None:
+    auto = [Candidate(name="fp32", accuracy_drop=0.0, chosen=False, reason="slower"),
+            Candidate(name="dynamic-int8", accuracy_drop=0.001, chosen=True, reason="fastest")]
+    ledger = _ledger()
+    ledger.insert(2, QuantizeRecord(name="quantize", mode="auto", size_bytes=1000,
+                                    candidates=auto))
+    assert build_results(ledger).candidates == auto
+
+
+def test_step_statuses_carry_each_records_name_and_time() -> None:
+    ledger = _ledger()
+    ledger[1] = ledger[1].model_copy(update={"seconds": 2.5, "message": "pruned"})
+    steps = step_statuses(ledger)
+    assert [step.name for step in steps] == ["fetch", "prune", "validate", "benchmark-cpu",
+                                             "benchmark-gpu"]
+    prune = steps[1]
+    assert prune.started_at == ledger[1].started_at and prune.message == "pruned"
+    assert prune.finished_at is not None and prune.started_at is not None
+    assert (prune.finished_at - prune.started_at).total_seconds() == 2.5
+    assert prune.duration_seconds == 2.5 and prune.phase == "Succeeded"

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
 
 from modelpress.jobfile import load_job
-from modelpress.pipelines.build import compile_pipeline
+from modelpress.pipelines.build import (
+    DEFAULT_AUTO_BAR,
+    candidate_options,
+    compile_pipeline,
+    latency_probe,
+    resolved_options,
+)
+from modelpress.records import LatencyProbe
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -19,14 +27,71 @@ def _compiled(tmp_path: Path, example: str) -> dict:
     return list(yaml.safe_load_all(target.read_text()))
 
 
-def test_tasks_follow_the_spec_order(tmp_path: Path) -> None:
+def _task(pipeline: dict, name: str) -> dict:
+    return next(t for t in pipeline["root"]["dag"]["tasks"].values()
+                if t["taskInfo"]["name"] == name)
+
+
+def _constant(task: dict, parameter: str) -> str:
+    return task["inputs"]["parameters"][parameter]["runtimeValue"]["constant"]
+
+
+def test_each_task_gets_its_own_options_and_no_job_spec(tmp_path: Path) -> None:
     pipeline = _compiled(tmp_path, "digits-prune-quantize.yaml")[0]
     tasks = pipeline["root"]["dag"]["tasks"]
     names = {task["taskInfo"]["name"] for task in tasks.values()}
-    assert names == {"fetch", "0-prune", "1-quantize", "validate", "benchmark-cpu", "report"}
-    quantize = next(t for t in tasks.values() if t["taskInfo"]["name"] == "1-quantize")
-    assert quantize["inputs"]["parameters"]["index"]["runtimeValue"]["constant"] == 1
+    assert names == {"fetch", "prune", "quantize", "validate", "benchmark-cpu", "report"}
+    quantize = json.loads(_constant(_task(pipeline, "quantize"), "options"))
+    assert quantize["mode"] == "static" and "sparsity" not in quantize
+    prune = json.loads(_constant(_task(pipeline, "prune"), "options"))
+    assert prune["sparsity"] == 0.5 and prune["schedule"]["fineTuneEpochs"] == 2
+    assert set(_task(pipeline, "validate")["inputs"]["parameters"]) == {"name"}
+    report = _task(pipeline, "report")
+    assert json.loads(_constant(report, "promotion"))["gates"]["minCompressionRatio"] == 3.5
+    assert list(pipeline["root"]["inputDefinitions"]["parameters"]) == ["output_uri"]
     assert pipeline["pipelineInfo"]["name"] == "modelpress-digits-prune-quantize"
+
+
+def test_benchmark_gets_its_pool_and_the_settings(tmp_path: Path) -> None:
+    pipeline = _compiled(tmp_path, "minilm-int8.yaml")[0]
+    gpu = _task(pipeline, "benchmark-gpu")
+    assert json.loads(_constant(gpu, "pool"))["device"] == "cuda"
+    settings = json.loads(_constant(gpu, "settings"))
+    assert [pool["name"] for pool in settings["pools"]] == ["gpu"]
+    assert settings["batchSizes"] == [1, 32]
+
+
+def test_auto_quantization_bar_and_probe_are_set_when_built() -> None:
+    job = load_job(ROOT / "examples" / "minilm-auto.yaml")
+    options = job.spec.steps[0].options.model_copy(update={"max_accuracy_drop": None})
+    assert resolved_options(job.spec, options).max_accuracy_drop == 0.01  # from the gates
+    job.spec.promotion.gates.max_accuracy_drop = None
+    assert resolved_options(job.spec, options).max_accuracy_drop == DEFAULT_AUTO_BAR
+    assert latency_probe(job.spec) == LatencyProbe(batch_size=32, threads=1)
+
+
+def test_search_candidates_are_options_fixed_when_built(tmp_path: Path) -> None:
+    pipeline = _compiled(tmp_path, "digits-search.yaml")[0]
+    loop = _task(pipeline, "for-loop-2")
+    items = [json.loads(item) for item in json.loads(loop["parameterIterator"]["items"]["raw"])]
+    assert [item["sparsity"] for item in items] == [0.3, 0.5, 0.7, 0.9]
+    assert all(item["structured"] for item in items)
+    assert loop["iteratorPolicy"]["parallelismLimit"] == 2
+    inner = pipeline["components"]["comp-for-loop-2"]["dag"]["tasks"]
+    assert {task["taskInfo"]["name"] for task in inner.values()} == {"prune", "quantize",
+                                                                   "validate"}
+    # the kept model is benchmarked after select, so whatever it keeps has figures
+    benchmark = _task(pipeline, "benchmark-cpu")
+    assert "select-op" in benchmark["dependentTasks"]
+
+
+def test_candidate_options_set_only_the_searched_field() -> None:
+    job = load_job(ROOT / "examples" / "digits-search.yaml")
+    options = candidate_options(job.spec)
+    assert [option.sparsity for option in options] == [0.3, 0.5, 0.7, 0.9]
+    assert all(option.model_copy(update={"sparsity": 0.5}) == job.spec.steps[0].options
+               for option in options)
+    assert job.spec.searched_option() == (0, "sparsity")
 
 
 def test_gpu_pool_lands_on_its_nodes(tmp_path: Path) -> None:
