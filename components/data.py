@@ -10,19 +10,30 @@ from __future__ import annotations
 import json
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from modelpress.components import zoo
-from modelpress.components.sources import builtin_name, fetch_to, file_suffix
+from modelpress.components.modelio import InputSpec, Signature
+from modelpress.components.sources import builtin_name, builtin_options, file_suffix, readable_path
 from modelpress.errors import InvalidInput
+from modelpress.store import sha256_of
 
 Arrays = dict[str, np.ndarray]
 LABELS = "y"
 
 
-def load_dataset(uri: str, where: str, tokenizer: str | None) -> Arrays:
+@dataclass(frozen=True)
+class Dataset:
+    """Named arrays, and the sha256 of the file they were read from (None: generated)."""
+
+    arrays: Arrays
+    source_sha256: str | None
+
+
+def load_dataset(uri: str, where: str, tokenizer: str | None) -> Dataset:
     """Named arrays for `uri`; `tokenizer` is the builtin model whose tokenizer reads text."""
     if uri.startswith("builtin://"):
         return _builtin(uri, where, tokenizer)
@@ -30,20 +41,25 @@ def load_dataset(uri: str, where: str, tokenizer: str | None) -> Arrays:
     if suffix not in (".npz", ".txt", ".jsonl"):
         raise InvalidInput(where, f"{uri}: data must be .npz, .txt or .jsonl, got {suffix!r}")
     with tempfile.TemporaryDirectory() as scratch:
-        local = fetch_to(uri, Path(scratch) / f"data{suffix}", where)
+        local = readable_path(uri, Path(scratch), where)
+        digest = sha256_of(local)
         if suffix == ".npz":
-            return _npz(local, uri, where)
+            return Dataset(_npz(local, uri, where), digest)
         texts = _texts(local, suffix, uri, where)
-    return _tokenize(texts, uri, where, tokenizer)
+    return Dataset(_tokenize(texts, uri, where, tokenizer), digest)
 
 
-def _builtin(uri: str, where: str, tokenizer: str | None) -> Arrays:
-    name, options = builtin_name(uri)
+def _builtin(uri: str, where: str, tokenizer: str | None) -> Dataset:
+    name = builtin_name(uri)
+    if name not in zoo.DATASET_SPLITS:
+        raise InvalidInput(where, f"unknown builtin dataset {name!r}; known: "
+                                  f"{', '.join(zoo.DATASET_SPLITS)}")
+    splits = zoo.DATASET_SPLITS[name]
+    split = builtin_options(uri, where, {"split": splits}).get("split", splits[0])
     if name == "digits":
-        return zoo.digits(options.get("split", "test"))
-    if name == "sentences":
-        return _tokenize(zoo.sentences(options.get("split", "eval")), uri, where, tokenizer)
-    raise InvalidInput(where, f"unknown builtin dataset {name!r}; known: {zoo.BUILTIN_DATASETS}")
+        return Dataset(zoo.digits(split), None)
+    texts = zoo.sentences(split)
+    return Dataset(_tokenize(texts, uri, where, tokenizer), sha256_of(zoo.SENTENCES_FILE))
 
 
 def _npz(path: Path, uri: str, where: str) -> Arrays:
@@ -109,3 +125,102 @@ def save_arrays(arrays: Arrays, path: Path) -> None:
 def load_arrays(path: Path) -> Arrays:
     with np.load(path, allow_pickle=False) as archive:
         return {name: archive[name] for name in archive.files}
+
+
+# ----------------------------------------------------------------------------- against the model
+
+
+def conform(arrays: Arrays, signature: Signature, where: str,
+            task: str) -> tuple[Arrays, list[str]]:
+    """The arrays as the model takes them, in its input order, plus one note per cast.
+
+    Numeric arrays of another type are cast to the model's (float64 -> float32); a missing
+    or extra array, a type that cannot be cast, a wrong shape, NaN/inf, or a label outside
+    the model's classes is InvalidInput naming `where` and the array.
+    """
+    names = [spec.name for spec in signature.inputs]
+    if sorted(names) != sorted(input_names(arrays)):
+        raise InvalidInput(where, f"the model takes inputs {names}, but the data has arrays "
+                                  f"{input_names(arrays)}")
+    conformed: Arrays = {}
+    notes: list[str] = []
+    sizes: dict[str, tuple[int, str]] = {}  # symbolic axis -> (its size, the array that set it)
+    for spec in signature.inputs:
+        conformed[spec.name] = _cast(arrays[spec.name], spec.name, spec.dtype, where, notes)
+        _check_shape(conformed[spec.name], spec, sizes, where)
+    if LABELS in arrays:
+        labels = arrays[LABELS]
+        if task == "classification":
+            _check_labels(labels, signature.classes, where)
+            labels = _cast(labels, LABELS, "int64", where, notes)
+        conformed[LABELS] = labels
+    return conformed, notes
+
+
+def _cast(array: np.ndarray, name: str, dtype: str | None, where: str,
+          notes: list[str]) -> np.ndarray:
+    """`array` as `dtype` (None: as it is), finite; a cast adds a note."""
+    if array.dtype.kind not in "biuf":
+        raise InvalidInput(where, f"array {name} holds {array.dtype} values; the model takes "
+                                  f"{dtype or 'numbers'}")
+    _check_finite(array, name, where)
+    if dtype is None or array.dtype == np.dtype(dtype):
+        return array
+    target = np.dtype(dtype)
+    if target.kind not in "iuf" or (target.kind in "iu" and not _fits_integers(array, target)):
+        raise InvalidInput(where, f"array {name} is {array.dtype}, and its values do not fit "
+                                  f"the {target} the model takes")
+    with np.errstate(over="ignore"):
+        cast = array.astype(target)
+    if not np.isfinite(cast).all():
+        raise InvalidInput(where, f"array {name} has values beyond {target}'s range")
+    notes.append(f"{where}: array {name} is {array.dtype}; cast to {target} for the model")
+    return cast
+
+
+def _fits_integers(array: np.ndarray, target: np.dtype) -> bool:
+    limits = np.iinfo(target)
+    return bool(np.all(array == np.round(array)) and
+                (array.size == 0 or (array.min() >= limits.min and array.max() <= limits.max)))
+
+
+def _check_finite(array: np.ndarray, name: str, where: str) -> None:
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        row = int(np.argwhere(~np.isfinite(array))[0][0])
+        raise InvalidInput(where, f"array {name} holds NaN or infinite values (first in row {row})")
+
+
+def _check_shape(array: np.ndarray, spec: InputSpec, sizes: dict[str, tuple[int, str]],
+                 where: str) -> None:
+    """Fixed axes must match; a symbolic axis takes one size across the arrays."""
+    if spec.shape is None:
+        return
+    wrong = f"array {spec.name} has shape {tuple(array.shape)}, the model takes {spec.shown()}"
+    if array.ndim != len(spec.shape):
+        raise InvalidInput(where, wrong)
+    for size, dim in zip(array.shape, spec.shape, strict=True):
+        if isinstance(dim, int) and size != dim:
+            raise InvalidInput(where, wrong)
+        if isinstance(dim, str):
+            bound, other = sizes.setdefault(dim, (size, spec.name))
+            if bound != size:
+                raise InvalidInput(where, f"{wrong}, with {dim} = {bound} as in array {other}")
+
+
+def _check_labels(labels: np.ndarray, classes: int | None, where: str) -> None:
+    """Labels are class indices: integers from 0, below the model's class count."""
+    if labels.ndim != 1 or labels.dtype.kind not in "biuf":
+        raise InvalidInput(where, f"array {LABELS} has shape {tuple(labels.shape)} and type "
+                                  f"{labels.dtype}; labels are one class index per row")
+    fractional = ~np.isfinite(labels) | (labels != np.round(labels)) \
+        if labels.dtype.kind == "f" else np.zeros(len(labels), dtype=bool)
+    if fractional.any():
+        value = labels[fractional][0]
+        raise InvalidInput(where, f"array {LABELS} holds {value}, which is no class index "
+                                  f"(row {int(np.argmax(fractional))}); labels are integers")
+    if labels.size and labels.min() < 0:
+        raise InvalidInput(where, f"array {LABELS} holds {labels.min():g}; labels are class "
+                                  "indices from 0")
+    if classes is not None and labels.size and labels.max() >= classes:
+        raise InvalidInput(where, f"array {LABELS} holds {labels.max():g}, but the model has "
+                                  f"{classes} classes (labels 0..{classes - 1})")

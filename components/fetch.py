@@ -11,127 +11,241 @@ import shutil
 import tempfile
 import warnings
 import zipfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from modelpress.api import CompressionSpec
 from modelpress.components import zoo
-from modelpress.components.data import Arrays, input_names, load_dataset, save_arrays
-from modelpress.components.modelio import Manifest, export_onnx, save_torch, write_manifest
-from modelpress.components.result import StepResult, timed
-from modelpress.components.sources import assert_fetchable, builtin_name, fetch_to, file_suffix
+from modelpress.components.data import LABELS, Dataset, conform, input_names, save_arrays
+from modelpress.components.data import load_dataset as load_one_dataset
+from modelpress.components.modelio import (
+    InputSpec,
+    Manifest,
+    Signature,
+    check_step_formats,
+    export_onnx,
+    onnx_signature,
+    save_torch,
+    torch_inputs,
+    write_manifest,
+)
+from modelpress.components.result import timed
+from modelpress.components.sources import (
+    assert_fetchable,
+    builtin_name,
+    builtin_options,
+    file_suffix,
+    readable_path,
+)
 from modelpress.errors import InvalidInput
+from modelpress.lineage import LineageInput
+from modelpress.records import FetchRecord
 from modelpress.store import sha256_of
 
 MODEL_FIELD = "spec.model.uri"
 BASELINE_ONNX = "baseline.onnx"
 _TORCH_SUFFIXES = (".pt", ".pth", ".ts", ".bin", ".pt2")
+_PROBE_ROWS = 2
+_ERROR_CHARS = 200
 
 
-def fetch(spec: CompressionSpec, model_out: Path, data_out: Path) -> StepResult:
-    """Write the original working model (plus `baseline.onnx`) and the datasets as .npz."""
-    with timed("fetch") as result:
-        tokenizer = _tokenizer_of(spec)
-        datasets = load_datasets(spec, tokenizer)
-        for name, arrays in datasets.items():
-            save_arrays(arrays, data_out / f"{name}.npz")
-        manifest = fetch_model(spec, datasets["eval"], model_out)
-        inputs = {"model": {"uri": spec.model.uri,
-                            "sha256": sha256_of(model_out / manifest.file)}}
-        inputs |= {f"data.{name}": {"uri": getattr(spec.data, name),
-                                    "sha256": sha256_of(data_out / f"{name}.npz")}
-                   for name in datasets}
-        result.figures = {"format": manifest.format, "inputs": manifest.inputs,
-                          "evalRows": len(datasets["eval"][manifest.inputs[0]]),
-                          "lineageInputs": inputs}
-        result.message = f"{spec.model.uri} as {manifest.format}"
-    return result
+@dataclass(frozen=True)
+class SourceModel:
+    """The job's model as read: what the working model will be, what it takes (None: a torch
+    model that does not say, probed on the data), and for user files the bytes read."""
+
+    manifest: Manifest
+    signature: Signature | None
+    module: Any | None = None  # the loaded torch module of a user's torch file
+    local: Path | None = None  # the user's file as read (in place, or downloaded to scratch)
+    source_sha256: str | None = None
 
 
-def check_inputs(spec: CompressionSpec) -> None:
-    """Everything fetch would refuse, checked up front so bad input fails before any run."""
+@dataclass(frozen=True)
+class Inputs:
+    """The job's inputs, each read once and checked against the model; casts noted."""
+
+    datasets: dict[str, Dataset]
+    model: SourceModel
+    notes: list[str]
+
+
+def fetch(spec: CompressionSpec, model_out: Path, data_out: Path) -> FetchRecord:
+    """Write the original working model (plus `baseline.onnx`) and the datasets as .npz,
+    after the same checks as `check_inputs` (so a cluster run refuses what the CLI does)."""
+    with timed() as clock, tempfile.TemporaryDirectory() as scratch:
+        inputs = read_inputs(spec, Path(scratch))
+        for name, dataset in inputs.datasets.items():
+            save_arrays(dataset.arrays, data_out / f"{name}.npz")
+        evaluation = inputs.datasets["eval"].arrays
+        manifest = write_model(inputs.model, evaluation, model_out)
+        lineage = _lineage_inputs(spec, inputs, model_out, data_out)
+    return clock.stamp(FetchRecord(
+        format=manifest.format, inputs=manifest.inputs,
+        eval_rows=len(evaluation[manifest.inputs[0]]), lineage_inputs=lineage,
+        message="; ".join([f"{spec.model.uri} as {manifest.format}", *inputs.notes])))
+
+
+def check_inputs(spec: CompressionSpec) -> list[str]:
+    """Everything fetch would refuse, checked up front so bad input fails before any run.
+
+    Returns one line per change fetch will make to the data (a cast to the model's input
+    type), for the CLI to print. Nothing is exported: a builtin model is not even built.
+    """
     with tempfile.TemporaryDirectory() as scratch:
-        datasets = load_datasets(spec, _tokenizer_of(spec))
-        fetch_model(spec, datasets["eval"], Path(scratch) / "model", export_baseline=False)
+        return read_inputs(spec, Path(scratch)).notes
+
+
+def read_inputs(spec: CompressionSpec, scratch: Path) -> Inputs:
+    """Read the datasets and the model once each; check the steps against the model's
+    format and every dataset against what the model takes."""
+    datasets = load_datasets(spec, _tokenizer_of(spec))
+    model = read_model(spec, scratch)
+    check_step_formats(spec, model.manifest.format)
+    signature = model.signature or probe_signature(model.module, datasets["eval"].arrays,
+                                                   spec.model.task)
+    notes: list[str] = []
+    for name, dataset in datasets.items():
+        arrays, cast = conform(dataset.arrays, signature, f"spec.data.{name}", spec.model.task)
+        datasets[name] = replace(dataset, arrays=arrays)
+        notes += cast
+    if spec.model.task == "classification" and LABELS not in datasets["eval"].arrays:
+        raise InvalidInput("spec.data.eval", "classification needs labels: an array `y`")
+    names = [item.name for item in signature.inputs]
+    model = replace(model, manifest=replace(model.manifest, inputs=names))
+    return Inputs(datasets, model, notes)
 
 
 def _tokenizer_of(spec: CompressionSpec) -> str | None:
     for reference in (spec.model.uri, spec.model.architecture or ""):
         if reference.startswith("builtin://"):
-            return builtin_name(reference)[0]
+            return builtin_name(reference)
     return None
 
 
-def load_datasets(spec: CompressionSpec, tokenizer: str | None) -> dict[str, Arrays]:
+def load_datasets(spec: CompressionSpec, tokenizer: str | None) -> dict[str, Dataset]:
+    """Each dataset the spec names, read once even when two fields name the same uri."""
     sources = spec.data.model_dump(exclude_none=True)
     for name, uri in sources.items():
         assert_fetchable(uri, f"spec.data.{name}")
-    datasets = {name: load_dataset(uri, f"spec.data.{name}", tokenizer)
-                for name, uri in sources.items()}
-    if spec.model.task == "classification" and "y" not in datasets["eval"]:
-        raise InvalidInput("spec.data.eval", "classification needs labels: an array `y`")
-    return datasets
+    read: dict[str, Dataset] = {}
+    for name, uri in sources.items():
+        if uri not in read:
+            read[uri] = load_one_dataset(uri, f"spec.data.{name}", tokenizer)
+    return {name: read[uri] for name, uri in sources.items()}
 
 
-def fetch_model(spec: CompressionSpec, sample: Arrays, out: Path,
-                export_baseline: bool = True) -> Manifest:
+# ----------------------------------------------------------------------------- the model
+
+
+def read_model(spec: CompressionSpec, scratch: Path) -> SourceModel:
+    """The model, read once: a builtin is only named (its inputs are known), an ONNX file is
+    loaded and checked, a torch file is loaded without unpickling anything."""
     assert_fetchable(spec.model.uri, MODEL_FIELD)
-    names = input_names(sample)
     if spec.model.uri.startswith("builtin://"):
-        manifest = _builtin_model(spec, names)
-        module = _load_builtin(manifest, out) if export_baseline else None
-    else:
-        manifest, module = _user_model(spec, names, sample, out)
-    write_manifest(out, manifest)
-    if export_baseline:
-        if module is None:
-            shutil.copyfile(out / manifest.file, out / BASELINE_ONNX)
-        else:
-            export_onnx(module, sample, names, out / BASELINE_ONNX)
-    return manifest
-
-
-def _builtin_model(spec: CompressionSpec, names: list[str]) -> Manifest:
-    name, _ = builtin_name(spec.model.uri)
-    if name not in zoo.BUILTIN_MODELS:
-        raise InvalidInput(MODEL_FIELD, f"unknown builtin model {name!r}; known: "
-                                        f"{', '.join(zoo.BUILTIN_MODELS)}")
-    return Manifest(format="bundle", task=spec.model.task, inputs=names,
-                    architecture=f"builtin://{name}", source=spec.model.uri)
-
-
-def _load_builtin(manifest: Manifest, out: Path) -> Any:
-    import torch
-
-    assert manifest.architecture is not None
-    module = zoo.build_architecture(manifest.architecture)
-    module.load_state_dict(zoo.pretrained_state(manifest.architecture.removeprefix("builtin://")))
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save(module.state_dict(), out / manifest.file)
-    return module.eval()
-
-
-def _user_model(spec: CompressionSpec, names: list[str], sample: Arrays,
-                out: Path) -> tuple[Manifest, Any]:
+        return _builtin_model(spec)
     suffix = file_suffix(spec.model.uri)
     model_format = spec.model.format or ("onnx" if suffix == ".onnx" else "torch")
     if model_format == "torch" and suffix not in _TORCH_SUFFIXES:
         raise InvalidInput(MODEL_FIELD, f"{spec.model.uri}: a torch model must end in one of "
                                         f"{', '.join(_TORCH_SUFFIXES)}")
-    out.mkdir(parents=True, exist_ok=True)
-    local = fetch_to(spec.model.uri, out / f"original{suffix}", MODEL_FIELD)
-    base = Manifest(format="onnx", task=spec.model.task, inputs=names, source=spec.model.uri)
+    local = readable_path(spec.model.uri, scratch, MODEL_FIELD)
+    base = Manifest(format="onnx", task=spec.model.task, inputs=[], source=spec.model.uri)
+    digest = sha256_of(local)
     if model_format == "onnx":
-        _check_onnx(local, spec.model.uri, names)
-        local.rename(out / base.file)
-        return base, None
-    module, manifest = _read_torch(local, spec, base, sample)
-    save_torch(module, out, manifest)
-    local.unlink()
-    return manifest, module
+        return SourceModel(base, _onnx_signature(local, spec.model.uri), None, local, digest)
+    module, manifest = _read_torch(local, spec, base)
+    architecture = manifest.architecture or ""
+    signature = zoo.SIGNATURES.get(builtin_name(architecture)) \
+        if architecture.startswith("builtin://") else None
+    return SourceModel(manifest, signature, module, local, digest)
 
 
-def _check_onnx(path: Path, uri: str, names: list[str]) -> None:
+def write_model(model: SourceModel, sample: dict[str, Any], out: Path) -> Manifest:
+    """Write the working model and the fp32 ONNX baseline every figure is measured against."""
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = model.manifest
+    if model.local is not None and manifest.format == "onnx":
+        shutil.copyfile(model.local, out / manifest.file)
+        shutil.copyfile(model.local, out / BASELINE_ONNX)
+    else:
+        module = _load_builtin(manifest) if model.module is None else model.module
+        if model.local is not None and model.local.suffix == ".pt2":
+            module = _traced(module, sample, manifest.inputs)
+        save_torch(module, out, manifest)
+        export_onnx(module, sample, manifest.inputs, out / BASELINE_ONNX)
+    write_manifest(out, manifest)
+    return manifest
+
+
+def _lineage_inputs(spec: CompressionSpec, inputs: Inputs, model_out: Path,
+                    data_out: Path) -> dict[str, LineageInput]:
+    """The uri and sha256 of what was read: the user's file, the shipped data file, or
+    (for what modelpress generates itself) the file fetch wrote."""
+    model = inputs.model
+    lineage = {"model": LineageInput(uri=spec.model.uri, sha256=model.source_sha256 or sha256_of(
+        model_out / model.manifest.file))}
+    for name, dataset in inputs.datasets.items():
+        lineage[f"data.{name}"] = LineageInput(uri=getattr(spec.data, name), sha256=(
+            dataset.source_sha256 or sha256_of(data_out / f"{name}.npz")))
+    return lineage
+
+
+def probe_signature(module: Any, evaluation: dict[str, Any], task: str) -> Signature:
+    """What a torch model that does not declare its inputs takes: the eval arrays' layout
+    with a free batch axis (and sequence axis for token ids), floats in the module's own
+    float type, once the model has run on a couple of rows; a model that cannot run on
+    them is bad input."""
+    import torch
+
+    floats = next((str(p.dtype).removeprefix("torch.") for p in module.parameters()
+                   if p.is_floating_point()), "float32")
+    names = input_names(evaluation)
+    inputs = tuple(_probed_input(name, evaluation[name], floats) for name in names)
+    rows, _ = conform({name: evaluation[name][:_PROBE_ROWS] for name in names},
+                      Signature(inputs, None), "spec.data.eval", task)
+    try:
+        with torch.no_grad():
+            output = module(*torch_inputs(rows, list(rows)))
+    except Exception as error:  # user code: any failure means the data does not fit it
+        shapes = ", ".join(f"{name} {tuple(evaluation[name].shape)}" for name in rows)
+        first = (str(error).strip().splitlines() or [""])[0][:_ERROR_CHARS]
+        raise InvalidInput("spec.data.eval", f"the model does not run on arrays {shapes}: "
+                                             f"{type(error).__name__}: {first}") from None
+    classes = int(output.shape[-1]) if task == "classification" and isinstance(
+        output, torch.Tensor) and output.dim() == 2 else None
+    return Signature(inputs, classes)
+
+
+def _probed_input(name: str, array: Any, floats: str) -> InputSpec:
+    """The array's layout with a free batch axis; token ids (2-D integers) also get a free
+    sequence axis, as the ONNX export declares; floats become the module's float type."""
+    token_ids = array.ndim == 2 and array.dtype.kind in "iu"
+    rest = ("sequence",) if token_ids else tuple(array.shape[1:])
+    return InputSpec(name, floats if array.dtype.kind == "f" else str(array.dtype),
+                     ("batch", *rest))
+
+
+def _builtin_model(spec: CompressionSpec) -> SourceModel:
+    name = builtin_name(spec.model.uri)
+    if name not in zoo.BUILTIN_MODELS:
+        raise InvalidInput(MODEL_FIELD, f"unknown builtin model {name!r}; known: "
+                                        f"{', '.join(zoo.BUILTIN_MODELS)}")
+    builtin_options(spec.model.uri, MODEL_FIELD, {})
+    manifest = Manifest(format="bundle", task=spec.model.task, inputs=[],
+                        architecture=f"builtin://{name}", source=spec.model.uri)
+    return SourceModel(manifest, zoo.SIGNATURES[name])
+
+
+def _load_builtin(manifest: Manifest) -> Any:
+    assert manifest.architecture is not None
+    module = zoo.build_architecture(manifest.architecture)
+    module.load_state_dict(zoo.pretrained_state(builtin_name(manifest.architecture)))
+    return module.eval()
+
+
+def _onnx_signature(path: Path, uri: str) -> Signature:
     import onnx
 
     try:
@@ -140,18 +254,13 @@ def _check_onnx(path: Path, uri: str, names: list[str]) -> None:
     except Exception as error:  # onnx raises several unrelated types for corrupt files
         raise InvalidInput(MODEL_FIELD, f"{uri} is not a valid ONNX model "
                                         f"({type(error).__name__})") from None
-    graph_inputs = [i.name for i in model.graph.input
-                    if i.name not in {init.name for init in model.graph.initializer}]
-    if sorted(graph_inputs) != sorted(names):
-        raise InvalidInput("spec.data.eval", f"the ONNX model takes inputs {graph_inputs}, "
-                                             f"but the data has arrays {names}")
+    return onnx_signature(model)
 
 
-def _read_torch(path: Path, spec: CompressionSpec, base: Manifest,
-                sample: Arrays) -> tuple[Any, Manifest]:
+def _read_torch(path: Path, spec: CompressionSpec, base: Manifest) -> tuple[Any, Manifest]:
     uri = spec.model.uri
     if path.suffix == ".pt2":
-        return _read_exported(path, uri, base, sample)
+        return _read_exported(path, uri), base.with_format("torchscript")
     if _is_torchscript(path):
         import torch
 
@@ -211,17 +320,21 @@ def _read_state_dict(path: Path, uri: str) -> dict[str, Any]:
     return state
 
 
-def _read_exported(path: Path, uri: str, base: Manifest, sample: Arrays) -> tuple[Any, Manifest]:
-    """A torch.export program becomes TorchScript, so later steps can edit its weights."""
+def _read_exported(path: Path, uri: str) -> Any:
+    """A torch.export program's module (traced to TorchScript by `write_model`, so later
+    steps can edit its weights)."""
     import torch
-
-    from modelpress.components.modelio import torch_inputs
 
     try:
         program = torch.export.load(str(path))
     except Exception as error:  # torch raises many types for a corrupt archive
         raise InvalidInput(MODEL_FIELD, f"{uri} is not a loadable torch.export program "
                                         f"({type(error).__name__})") from None
-    example = torch_inputs({k: v[:2] for k, v in sample.items()}, base.inputs)
-    traced = torch.jit.trace(program.module(), example, check_trace=False)
-    return traced.eval(), base.with_format("torchscript")
+    return program.module()
+
+
+def _traced(module: Any, sample: dict[str, Any], names: list[str]) -> Any:
+    import torch
+
+    example = torch_inputs({name: sample[name][:_PROBE_ROWS] for name in names}, names)
+    return torch.jit.trace(module, example, check_trace=False).eval()

@@ -16,11 +16,22 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from modelpress.api import (
+    CompressionSpec,
+    DecomposeStep,
+    DistillStep,
+    Model,
+    PruneStep,
+    QuantizeStep,
+)
 from modelpress.errors import InvalidInput
 
 if TYPE_CHECKING:
+    import onnx
     import torch
 
+# One axis of an input's shape: a fixed size, a symbolic name ("batch"), or unknown (None).
+Dim = int | str | None
 Format = Literal["bundle", "torchscript", "onnx"]
 _FILES: dict[str, str] = {"bundle": "weights.pt", "torchscript": "model.ts", "onnx": "model.onnx"}
 ONNX_OPSET = 17
@@ -43,6 +54,55 @@ class Manifest:
         return replace(self, format=new_format)
 
 
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input: its name, numpy element type and shape."""
+
+    name: str
+    dtype: str | None  # None, here and for the shape: the model does not say
+    shape: tuple[Dim, ...] | None
+
+    def shown(self) -> str:
+        """The shape as a user reads it: `(batch, 1, 8, 8)`."""
+        dims = ["?" if dim is None else str(dim) for dim in self.shape or ()]
+        return f"({', '.join(dims)}{',' if len(dims) == 1 else ''})"
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What a model takes, and how many classes it tells apart (None: not a classifier, or
+    the model does not say)."""
+
+    inputs: tuple[InputSpec, ...]
+    classes: int | None
+
+
+def onnx_signature(model: onnx.ModelProto) -> Signature:
+    """The graph's inputs (initializers excluded) and the class count its output declares."""
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = tuple(_tensor_spec(value) for value in model.graph.input
+                   if value.name not in initializers)
+    classes = None
+    if model.graph.output:
+        output = _tensor_spec(model.graph.output[0]).shape
+        if output and len(output) == 2 and isinstance(output[1], int):
+            classes = output[1]
+    return Signature(inputs=inputs, classes=classes)
+
+
+def _tensor_spec(value: onnx.ValueInfoProto) -> InputSpec:
+    from onnx import helper
+
+    tensor = value.type.tensor_type
+    dtype = str(np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type))) \
+        if tensor.elem_type else None
+    if not tensor.HasField("shape"):
+        return InputSpec(value.name, dtype, None)
+    shape = tuple(dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or None)
+                  for dim in tensor.shape.dim)
+    return InputSpec(value.name, dtype, shape)
+
+
 def read_manifest(folder: Path) -> Manifest:
     data = json.loads((folder / "manifest.json").read_text())
     return Manifest(**data)
@@ -51,10 +111,6 @@ def read_manifest(folder: Path) -> Manifest:
 def write_manifest(folder: Path, manifest: Manifest) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "manifest.json").write_text(json.dumps(asdict(manifest), indent=2))
-
-
-def model_file(folder: Path) -> Path:
-    return folder / read_manifest(folder).file
 
 
 def load_torch(folder: Path) -> torch.nn.Module:
@@ -130,3 +186,62 @@ def onnx_working_model(module: torch.nn.Module, manifest: Manifest,
     export_onnx(module, sample, manifest.inputs, folder / onnx_manifest.file)
     write_manifest(folder, onnx_manifest)
     return onnx_manifest
+
+
+# ----------------------------------------------------------------------------- steps vs format
+
+_FORMAT_NAMES = {"onnx": "ONNX", "bundle": "a rebuildable torch model",
+                 "torchscript": "TorchScript"}
+
+
+def check_step_formats(spec: CompressionSpec, original: Format) -> None:
+    """Refuse, before any step runs, a step that cannot apply to the model as it will be
+    when the step runs (every search candidate included)."""
+    formats = {original}
+    for index in range(len(spec.steps)):
+        variants = spec.step_variants(index)
+        for options in variants:
+            for current in sorted(formats):
+                problem = _step_problem(options, current, original, spec.model.uri)
+                if problem:
+                    raise InvalidInput(f"spec.steps[{index}]", problem)
+        formats = {_format_after(options, current) for options in variants for current in formats}
+
+
+def _rebuilds(options: Model) -> bool:
+    return isinstance(options, DecomposeStep) or (isinstance(options, PruneStep)
+                                                  and options.structured)
+
+
+def _step_problem(options: Model, current: Format, original: Format, uri: str) -> str | None:
+    """Why the step cannot run on a model in `current` format, or None.
+
+    Prune, distill and QAT train or edit torch weights and load the original as teacher;
+    structured prune and decompose rebuild the module, which needs its architecture
+    (torch-pruning cannot edit TorchScript).
+    """
+    name = _step_name(options)
+    trains = isinstance(options, (PruneStep, DistillStep)) or (
+        isinstance(options, QuantizeStep) and options.mode == "qat")
+    if trains and original == "onnx":
+        return f"{name} needs a torch model, but {uri} is ONNX"
+    if _rebuilds(options) and current != "bundle":
+        return (f"{name} needs a model rebuilt from its architecture (a builtin, or a "
+                f"state_dict with spec.model.architecture); here it is {_FORMAT_NAMES[current]}")
+    return None
+
+
+def _step_name(options: Model) -> str:
+    if isinstance(options, PruneStep):
+        return "structured prune" if options.structured else "prune"
+    if isinstance(options, QuantizeStep):
+        return f"quantize mode {options.mode}"
+    return "distill" if isinstance(options, DistillStep) else "decompose"
+
+
+def _format_after(options: Model, current: Format) -> Format:
+    if _rebuilds(options):
+        return "torchscript"
+    if isinstance(options, DistillStep) and options.student:
+        return "bundle"
+    return "onnx" if isinstance(options, QuantizeStep) else current

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 from modelpress.api import PruneStep
 from modelpress.components.data import Arrays
 from modelpress.components.modelio import load_torch, read_manifest, save_torch
-from modelpress.components.result import StepResult, timed
+from modelpress.components.result import timed
 from modelpress.components.training import TrainingPlan, fine_tune
+from modelpress.records import PruneRecord
 
 if TYPE_CHECKING:
     import torch
@@ -95,7 +96,10 @@ def _prune_structured(student: torch.nn.Module, options: PruneStep, example: tup
     figures: dict[str, Any] = {}
     cumulative = schedule_sparsities(options.sparsity, options.schedule.iterations)
     for ratio in step_ratios(cumulative):
-        figures = prune_structured(student, example, ratio, options.scope)
+        iteration = prune_structured(student, example, ratio, options.scope)
+        # Counts add up over the iterations; the strategy is the same each time.
+        figures = {key: value + figures.get(key, 0) if isinstance(value, int) else value
+                   for key, value in iteration.items()}
         fine(None)
     return figures
 
@@ -106,11 +110,11 @@ def _counts(module: torch.nn.Module) -> tuple[int, int]:
 
 
 def prune(model_in: Path, original: Path, options: PruneStep, sample: Arrays,
-          train: Arrays | None, model_out: Path) -> StepResult:
+          train: Arrays | None, model_out: Path) -> PruneRecord:
     """Prune the working model in `model_in`, fine-tuning against `original` between steps."""
     from modelpress.components.modelio import save_traced, torch_inputs
 
-    with timed("prune") as result:
+    with timed() as clock:
         manifest = read_manifest(model_in)
         student = load_torch(model_in)
         before, _ = _counts(student)
@@ -122,17 +126,17 @@ def prune(model_in: Path, original: Path, options: PruneStep, sample: Arrays,
             if teacher is not None and train is not None:
                 fine_tune(student, teacher, train, plan, masks)
 
+        structure: dict[str, Any] = {}
         if options.structured:
             example = torch_inputs({k: v[:2] for k, v in sample.items()}, manifest.inputs)
-            result.figures = _prune_structured(student, options, example, fine)
+            structure = _prune_structured(student, options, example, fine)
             manifest = save_traced(student, example, model_out, manifest)
         else:
             _prune_unstructured(student, options, fine)
             save_torch(student, model_out, manifest)
         after, nonzero = _counts(student)
-        result.figures |= {"parametersBefore": before, "parameters": after,
-                           "nonzeroParameters": nonzero,
-                           "parameterReduction": round(1 - nonzero / before, 4)}
-        result.message = (f"{'structured' if options.structured else 'unstructured'}: "
-                          f"{after:,} parameters ({nonzero:,} nonzero) of {before:,}")
-    return result
+    return clock.stamp(PruneRecord.model_validate({
+        **structure, "parametersBefore": before, "parameters": after,
+        "nonzeroParameters": nonzero, "parameterReduction": round(1 - nonzero / before, 4),
+        "message": f"{'structured' if options.structured else 'unstructured'}: "
+                   f"{after:,} parameters ({nonzero:,} nonzero) of {before:,}"}))

@@ -52,9 +52,19 @@ def prune_ffn_neurons(module: torch.nn.Module, ratio: float, scope: str) -> int:
     return removed
 
 
+def _channel_count(module: torch.nn.Module) -> int:
+    """Output channels of every convolution plus output features of every linear layer."""
+    import torch
+
+    return sum(layer.out_channels if isinstance(layer, torch.nn.Conv2d) else layer.out_features
+               for layer in module.modules()
+               if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)))
+
+
 def prune_channels(module: torch.nn.Module, example: tuple[torch.Tensor, ...], ratio: float,
-                   scope: str) -> None:
-    """torch-pruning over the whole dependency graph; the final layer keeps its outputs."""
+                   scope: str) -> int:
+    """torch-pruning over the whole dependency graph; the final layer keeps its outputs.
+    Returns how many channels (and linear neurons) were removed."""
     import torch
     import torch_pruning as tp
 
@@ -63,14 +73,17 @@ def prune_channels(module: torch.nn.Module, example: tuple[torch.Tensor, ...], r
     pruner = tp.pruner.MetaPruner(
         module, example, importance=tp.importance.MagnitudeImportance(p=2),
         global_pruning=scope == "global", pruning_ratio=ratio, ignored_layers=[last_layer])
+    before = _channel_count(module)
     pruner.step()
+    return before - _channel_count(module)
 
 
 def prune_structured(module: torch.nn.Module, example: tuple[torch.Tensor, ...], ratio: float,
                      scope: str) -> dict[str, Any]:
-    """Prune in place by the strategy that fits the architecture; say which one ran."""
+    """Prune in place by the strategy that fits the architecture; say which one ran and
+    how much it removed."""
     if ffn_blocks(module):
         return {"strategy": "ffn-neurons", "removedNeurons": prune_ffn_neurons(module, ratio,
                                                                                scope)}
-    prune_channels(module, example, ratio, scope)
-    return {"strategy": "channels"}
+    return {"strategy": "channels",
+            "removedChannels": prune_channels(module, example, ratio, scope)}

@@ -5,16 +5,18 @@ from __future__ import annotations
 import shutil
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qsl, urlparse
 
 from modelpress.errors import InvalidInput, StoreError
 from modelpress.settings import get_settings, within_allowed_roots
+from modelpress.store import file_uri_path
 
 
 def local_file(uri: str) -> Path:
     """The path a file:// uri names; it must exist and lie under an allowed root, if any."""
-    path = Path(unquote(urlparse(uri).netloc + urlparse(uri).path)).resolve()
+    path = file_uri_path(uri).resolve()
     if not within_allowed_roots(path):
         raise FileNotFoundError(f"{uri} lies outside the allowed roots")
     if not path.is_file():
@@ -41,6 +43,17 @@ def fetch_to(uri: str, destination: Path, where: str) -> Path:
     return destination
 
 
+def readable_path(uri: str, scratch: Path, where: str) -> Path:
+    """A local file holding what `uri` names: a file:// uri's own file, read in place (no
+    copy), or a download into `scratch`."""
+    if urlparse(uri).scheme == "file":
+        try:
+            return local_file(uri)
+        except (FileNotFoundError, StoreError) as error:
+            raise InvalidInput(where, str(error)) from None
+    return fetch_to(uri, scratch / f"download{file_suffix(uri)}", where)
+
+
 def _fetch_s3(uri: str, destination: Path) -> None:
     from modelpress.store import open_store
 
@@ -53,11 +66,27 @@ def file_suffix(uri: str) -> str:
     return Path(urlparse(uri).path).suffix.lower()
 
 
-def builtin_name(uri: str) -> tuple[str, dict[str, str]]:
-    """`builtin://digits?split=test` -> ("digits", {"split": "test"})."""
+def builtin_name(uri: str) -> str:
+    """`builtin://digits?split=test` -> "digits"."""
     parsed = urlparse(uri)
-    options = dict(pair.split("=", 1) for pair in parsed.query.split("&") if "=" in pair)
-    return parsed.netloc + parsed.path, options
+    return parsed.netloc + parsed.path
+
+
+def builtin_options(uri: str, where: str, known: Mapping[str, tuple[str, ...]]) -> dict[str, str]:
+    """The query of a `builtin://` uri, each key one of `known` and each value one it lists;
+    anything else is bad input, never silently replaced by a default."""
+    pairs = parse_qsl(urlparse(uri).query, keep_blank_values=True)
+    options = dict(pairs)
+    if len(options) != len(pairs):
+        raise InvalidInput(where, f"{uri} repeats an option")
+    for key, value in options.items():
+        if key not in known:
+            accepted = ", ".join(known) or "none"
+            raise InvalidInput(where, f"{uri}: unknown option {key!r}; accepted: {accepted}")
+        if value not in known[key]:
+            raise InvalidInput(where, f"{uri}: {key}={value!r} is not one of "
+                                      f"{', '.join(known[key])}")
+    return options
 
 
 def assert_fetchable(uri: str, where: str) -> None:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import importlib
-import inspect
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from modelpress.components.modelio import InputSpec, Signature
 from modelpress.errors import InvalidInput
 from modelpress.settings import get_settings
 
@@ -19,8 +18,23 @@ if TYPE_CHECKING:
     import torch
 
 BUILTIN_MODELS = ("digits-cnn", "minilm-l6")
-BUILTIN_DATASETS = ("digits", "sentences")
+# Each builtin dataset's `split` values; the first is the default.
+DATASET_SPLITS: dict[str, tuple[str, ...]] = {"digits": ("test", "train"),
+                                              "sentences": ("eval", "train")}
+# Plain English sentences (first sentences of standard-library docstrings, once), shipped as
+# a file so the set is the same on every Python version; its sha256 goes into lineage.
+SENTENCES_FILE = Path(__file__).parent / "data" / "sentences.txt"
 MINILM_MAX_TOKENS = 64
+_DIGITS = Signature(inputs=(InputSpec("x", "float32", ("batch", 1, 8, 8)),), classes=10)
+_TOKENS = ("batch", "sequence")
+# What each builtin architecture takes and, for classifiers, how many classes it tells apart.
+SIGNATURES: dict[str, Signature] = {
+    "digits-cnn": _DIGITS,
+    "digits-mlp": _DIGITS,
+    "minilm-l6": Signature(inputs=(InputSpec("input_ids", "int64", _TOKENS),
+                                   InputSpec("attention_mask", "int64", _TOKENS)),
+                           classes=None),
+}
 _DIGITS_CNN_VERSION = "v1"
 
 
@@ -159,44 +173,9 @@ def digits(split: str) -> dict[str, np.ndarray]:
     return {"x": images[chosen], "y": bunch.target[chosen].astype(np.int64)}
 
 
-_STDLIB_MODULES = (
-    "abc argparse ast asyncio base64 bisect calendar collections configparser contextlib copy "
-    "csv dataclasses datetime decimal difflib email enum fractions ftplib functools getopt "
-    "gettext glob gzip hashlib heapq hmac html http imaplib inspect io ipaddress itertools json "
-    "locale logging mailbox math mimetypes numbers operator optparse os pathlib pickle "
-    "pkgutil platform poplib pprint queue random re sched secrets selectors shelve shlex shutil "
-    "signal smtplib socket sqlite3 ssl statistics string struct subprocess tarfile tempfile "
-    "textwrap threading time timeit tokenize trace traceback types typing unittest urllib uuid "
-    "warnings weakref xml zipfile zlib"
-).split()
-
-
-def _first_sentence(docstring: str) -> str | None:
-    text = " ".join(docstring.split())
-    match = re.match(r"(.{30,200}?[.!?])(\s|$)", text)
-    if not match or not re.match(r"^[A-Z][a-z]", match[1]):
-        return None
-    return match[1]
-
-
-def english_sentences() -> list[str]:
-    """Plain English sentences from the standard library's docstrings, deduplicated and sorted."""
-    sentences: set[str] = set()
-    for name in _STDLIB_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        for _, member in inspect.getmembers(module):
-            sentence = _first_sentence(inspect.getdoc(member) or "")
-            if sentence:
-                sentences.add(sentence)
-    return sorted(sentences)
-
-
 def sentences(split: str) -> list[str]:
-    """A deterministic split: `eval` is 256 sentences, `train` the rest (disjoint)."""
-    pool = english_sentences()
+    """A deterministic split of the shipped sentences: `eval` is 256, `train` the rest."""
+    pool = SENTENCES_FILE.read_text(encoding="utf-8").splitlines()
     order = np.random.default_rng(0).permutation(len(pool))
     chosen = order[:256] if split == "eval" else order[256:]
     return [pool[index] for index in chosen]

@@ -25,8 +25,6 @@ API_GROUP = "modelpress.io"
 API_VERSION = "v1alpha1"
 KIND = "CompressionJob"
 
-URI_SCHEMES = ("s3", "http", "https", "file", "builtin", "hf", "python")
-MODEL_URI_SCHEMES = ("s3", "http", "https", "file", "builtin", "hf")
 # No whitespace or control characters: a uri never spans lines or smuggles headers.
 _URI_PATTERN = r"^(s3|https?|file|builtin|hf)://[^\s\x00-\x1f\x7f]+$"
 
@@ -245,11 +243,12 @@ class CompressionSpec(Model):
 
     @model_validator(mode="after")
     def _search_points_at_a_step(self) -> CompressionSpec:
-        if self.search is None:
+        searched = self.searched_option()
+        if searched is None:
             return self
-        match = re.match(r"^steps\[(\d+)\]\.(\w+)\.(\w+)$", self.search.parameter)
-        assert match  # guaranteed by the field pattern
-        index, kind, field = int(match[1]), match[2], match[3]
+        assert self.search is not None
+        index, field = searched
+        kind = self.search.parameter.split(".")[1]
         if index >= len(self.steps) or self.steps[index].kind != kind:
             raise ValueError(f"search.parameter {self.search.parameter!r} names no such step")
         options = type(self.steps[index].options)
@@ -264,6 +263,25 @@ class CompressionSpec(Model):
                 problem = error.errors()[0]["msg"]
                 raise ValueError(f"search.values[{position}]: {problem}") from None
         return self
+
+    def searched_option(self) -> tuple[int, str] | None:
+        """(position in `steps`, field) of the option a search sets; None without one."""
+        if self.search is None:
+            return None
+        match = re.match(r"^steps\[(\d+)\]\.\w+\.(\w+)$", self.search.parameter)
+        assert match  # guaranteed by the field pattern
+        return int(match[1]), match[2]
+
+    def step_variants(self, index: int) -> list[Model]:
+        """The options of `steps[index]` as each search candidate sets them, in the order
+        of `search.values`; the step's own options alone when the search is elsewhere."""
+        options = self.steps[index].options
+        searched = self.searched_option()
+        if searched is None or searched[0] != index:
+            return [options]
+        assert self.search is not None
+        return [type(options).model_validate({**options.to_wire(), searched[1]: value})
+                for value in self.search.values]
 
 
 class ObjectMeta(Model):

@@ -18,6 +18,8 @@ from urllib.parse import unquote, urlparse
 from modelpress.errors import InvalidInput, StoreError
 from modelpress.settings import within_allowed_roots
 
+PUBLISHED_MODE = 0o644
+
 
 @dataclass(frozen=True)
 class StoredObject:
@@ -68,6 +70,7 @@ class LocalStore:
         os.close(handle)
         try:
             shutil.copyfile(local, temporary)
+            os.chmod(temporary, PUBLISHED_MODE)  # mkstemp made it 0600
             os.replace(temporary, target)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
@@ -103,10 +106,26 @@ def open_store(location: str | Path) -> Store:
     return LocalStore(folder)
 
 
+def file_uri_path(uri: str) -> Path:
+    """The path on this machine a `file://` uri names, for inputs and outputs alike.
+
+    As RFC 8089 has it, no host or `localhost` means this machine; any other host names a
+    file elsewhere, which modelpress cannot reach, so it is refused rather than dropped
+    (`file://host/x` is not `/x`) or read as a relative path (`host/x`).
+    """
+    parsed = urlparse(uri)
+    if parsed.netloc not in ("", "localhost"):
+        raise StoreError(f"{uri} names host {parsed.netloc!r}; a file:// uri names a file on "
+                         "this machine: file:///absolute/path")
+    if not parsed.path:
+        raise StoreError(f"{uri} names no path: file:///absolute/path")
+    return Path(unquote(parsed.path))
+
+
 def local_folder(location: str) -> Path:
     """The folder a `file://` uri or a plain path names (StoreError for other schemes)."""
     if location.startswith("file://"):
-        return Path(unquote(urlparse(location).path))
+        return file_uri_path(location)
     if "://" in location:
         raise StoreError(f"{location}: an output must be a folder, file:// or s3:// uri")
     return Path(location)

@@ -78,6 +78,24 @@ def _onnx_with_input(path: Path, input_name: str) -> Path:
     return path
 
 
+def _onnx_digits(path: Path) -> Path:
+    """A tiny digits classifier as ONNX: x (batch, 1, 8, 8) -> 10 logits."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.random.default_rng(0).normal(size=(64, 10)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["x"], ["flat"]),
+         helper.make_node("MatMul", ["flat", "w"], ["output"])], "digits",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 10])],
+        [numpy_helper.from_array(weights, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
 def _not_a_pickle(size: int) -> bytes:
     """Random bytes that do not begin with a pickle opcode a loader could mistake for one."""
     data = bytearray(np.random.default_rng(7).integers(0, 256, size, dtype=np.uint8).tobytes())
@@ -140,6 +158,14 @@ def _drop(path: str) -> Mutation:
     return mutate
 
 
+def _both(first: Mutation, second: Mutation) -> Mutation:
+    def mutate(job: Document, folder: Path) -> Document | str | bytes | None:
+        changed = first(job, folder)
+        assert isinstance(changed, dict)
+        return second(changed, folder)
+    return mutate
+
+
 def _text(text: str | bytes) -> Mutation:
     return lambda job, folder: text
 
@@ -173,7 +199,14 @@ def _npz(**arrays: Any) -> Callable[[Path], None]:
     return lambda path: np.savez(path, **arrays)
 
 
+def _with(array: np.ndarray, row: int, value: float) -> np.ndarray:
+    changed = array.copy()
+    changed[row] = value
+    return changed
+
+
 _DIGITS = np.zeros((10, 1, 8, 8), dtype=np.float32)
+_LABELS = np.arange(10, dtype=np.int64)
 _PRUNE = {"prune": {"sparsity": 0.5}}
 _STATIC = {"quantize": {"mode": "static"}}
 
@@ -237,7 +270,8 @@ CASES = [
     Case("corrupt-onnx", _planted_model("model.onnx", _write_bytes(_not_a_pickle(4096))),
          ("spec.model.uri", "model.onnx")),
     Case("onnx-inputs-do-not-match-data",
-         _planted_model("model.onnx", lambda path: _onnx_with_input(path, "pixels")),
+         _both(_planted_model("model.onnx", lambda path: _onnx_with_input(path, "pixels")),
+               _set("spec.steps", [{"quantize": {"mode": "dynamic"}}])),
          ("spec.data.eval", "pixels")),
     Case("corrupt-pt", _planted_model("model.pt", _write_bytes(_not_a_pickle(4096))),
          ("spec.model.uri", "model.pt", "corrupt")),
@@ -277,6 +311,34 @@ CASES = [
          ("spec.data.eval", "eval.npz")),
     Case("npz-corrupt", _planted_eval("eval.npz", _write_bytes(_not_a_pickle(512))),
          ("spec.data.eval", "eval.npz")),
+    Case("unknown-builtin-split", _set("spec.data.eval", "builtin://digits?split=validation"),
+         ("spec.data.eval", "split='validation'")),
+    Case("misspelt-builtin-option", _set("spec.data.train", "builtin://digits?splt=train"),
+         ("spec.data.train", "unknown option 'splt'")),
+    Case("sentences-unknown-split", _set("spec.data.eval", "builtin://sentences?split=test"),
+         ("spec.data.eval", "split='test'")),
+    Case("file-uri-of-another-host",
+         _set("spec.data.eval", "file://elsewhere/data/eval.npz"),
+         ("spec.data.eval", "names host 'elsewhere'")),
+    # ---- the data against the model
+    Case("npz-flattened-images",
+         _planted_eval("eval.npz", _npz(x=np.zeros((10, 64), np.float32), y=_LABELS)),
+         ("spec.data.eval: array x has shape (10, 64), the model takes (batch, 1, 8, 8)",)),
+    Case("npz-channels-last",
+         _planted_eval("eval.npz", _npz(x=np.zeros((10, 8, 8, 1), np.float32), y=_LABELS)),
+         ("spec.data.eval: array x has shape (10, 8, 8, 1), the model takes (batch, 1, 8, 8)",)),
+    Case("npz-nan", _planted_eval("eval.npz", _npz(x=_with(_DIGITS, 3, np.nan), y=_LABELS)),
+         ("spec.data.eval: array x holds NaN or infinite values (first in row 3)",)),
+    Case("npz-inf", _planted_eval("eval.npz", _npz(x=_with(_DIGITS, 7, np.inf), y=_LABELS)),
+         ("spec.data.eval: array x holds NaN or infinite values (first in row 7)",)),
+    Case("labels-beyond-the-classes", _planted_eval("eval.npz", _npz(x=_DIGITS, y=_LABELS + 5)),
+         ("spec.data.eval: array y holds 14, but the model has 10 classes",)),
+    Case("negative-labels", _planted_eval("eval.npz", _npz(x=_DIGITS, y=_LABELS - 1)),
+         ("spec.data.eval: array y holds -1",)),
+    Case("fractional-labels", _planted_eval("eval.npz", _npz(x=_DIGITS, y=_LABELS / 4)),
+         ("spec.data.eval: array y holds 0.25, which is no class index",)),
+    Case("onnx-model-with-prune-step", _planted_model("model.onnx", _onnx_digits),
+         ("spec.steps[0]: prune needs a torch model", "model.onnx is ONNX")),
 ]
 
 
@@ -388,3 +450,30 @@ def test_table_is_unique_and_large() -> None:
     ids = [case.id for case in CASES]
     assert len(ids) == len(set(ids))
     assert len(ids) >= 14
+
+
+@pytest.mark.e2e
+def test_a_float64_npz_is_cast_for_the_model_and_runs(tmp_path: Path) -> None:
+    """Not bad input: float64 arrays for a float32 model are cast, and the run says so."""
+    model = _onnx_digits(tmp_path / "model.onnx")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "digits.npz", x=rng.random((40, 1, 8, 8)), y=np.arange(40) % 10)
+    data = (tmp_path / "digits.npz").as_uri()
+    job = yaml.safe_load(BASE_JOB.read_text())
+    job["spec"] |= {
+        "model": {"uri": model.as_uri(), "task": "classification"},
+        "data": {"eval": data, "calibration": data, "train": data},
+        "steps": [{"quantize": {"mode": "dynamic"}}],
+        "benchmark": {"batchSizes": [1], "iterations": 5, "warmup": 0,
+                      "pools": [{"name": "cpu"}]},
+        "promotion": {}}
+    (tmp_path / JOB_FILE).write_text(yaml.safe_dump(job, sort_keys=False))
+    completed = subprocess.run(
+        [sys.executable, "-m", "modelpress.cli", "run", str(tmp_path / JOB_FILE),
+         "-o", str(tmp_path / "out")], capture_output=True, text=True, errors="replace",
+        env=_environment(tmp_path), cwd=tmp_path, timeout=600)
+    shown = f"exit {completed.returncode}\n{completed.stdout}\n{completed.stderr}"
+    assert completed.returncode == 0, shown
+    assert "spec.data.eval: array x is float64; cast to float32 for the model" in (
+        completed.stdout + completed.stderr), shown
+    assert (tmp_path / "out" / "results.json").is_file(), shown
