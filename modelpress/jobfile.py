@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -77,14 +78,25 @@ def parse_job(document: Any, source: str) -> CompressionJob:
                            f"expected apiVersion {expected} and kind {KIND}, got "
                            f"{_shown(document.get('apiVersion'))} / "
                            f"{_shown(document.get('kind'))}")
+    job = validate_job(document)
+    if isinstance(job, str):
+        raise InvalidInput(source, job)
+    return job
+
+
+def validate_job(document: Mapping[str, Any]) -> CompressionJob | str:
+    """The CompressionJob in `document`, or one line naming the field that is wrong.
+
+    The one validation of a job, shared by the CLI and the operator. Fields go by their
+    camelCase names only: a snake_case key would pass pydantic by name but be pruned by
+    the cluster's CRD, so a job that runs on a laptop would run differently on a cluster.
+    """
     try:
-        # Aliases only: a snake_case key would pass here but be pruned by the cluster's CRD.
         return CompressionJob.model_validate(document, by_alias=True, by_name=False)
     except ValidationError as error:
-        raise InvalidInput(source, describe(error)) from None
+        return describe(error)
     except RecursionError:
-        raise InvalidInput(source, "the job is nested too deeply to be a CompressionJob")\
-            from None
+        return "the job is nested too deeply to be a CompressionJob"
 
 
 def load_job(path: Path) -> CompressionJob:

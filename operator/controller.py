@@ -7,42 +7,43 @@ tested with a fake backend and plain callables.
 
 from __future__ import annotations
 
-import json
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from modelpress.api import CompressionStatus, Results, StepStatus
+from modelpress.api import CompressionStatus
 from modelpress.errors import ModelpressError
 from modelpress.operator import promotion
 from modelpress.operator.backends.base import Backend, BackendError, RunState
 from modelpress.operator.metrics import JobKey, OperatorMetrics
+from modelpress.operator.promotion import Promote
 from modelpress.operator.reconcile import (
     TERMINAL_PHASES,
     Action,
+    Checked,
     Config,
     EmitEvent,
     JobView,
     Observation,
-    Promote,
     RunResults,
     SubmitRun,
     TerminateRun,
     accept,
+    checked,
     finalize,
     output_of,
     reconcile,
     transition_events,
-    validate,
 )
 from modelpress.operator.status import (
+    QUEUED,
+    SUCCEEDED,
+    TERMINATED,
     parse_status,
     promoted,
     promotion_failed,
@@ -50,7 +51,7 @@ from modelpress.operator.status import (
     submit_failed,
     submitted,
 )
-from modelpress.store import open_store
+from modelpress.records import read_results_document
 
 EventSink = Callable[[str, str, str], None]  # (type, reason, message)
 # For how long "every slot is taken" is believed without asking the backend again. A run
@@ -73,13 +74,11 @@ def view_of(body: Mapping[str, Any]) -> JobView:
 
 
 def read_results(output: str) -> RunResults:
-    """results.json from a run's output store (what the report step publishes last)."""
-    with tempfile.TemporaryDirectory(prefix="modelpress-results-") as scratch:
-        local = open_store(output).get_file("results.json", Path(scratch) / "results.json")
-        document = json.loads(local.read_text(encoding="utf-8"))
-    return RunResults(results=Results.model_validate(document["results"]),
-                      artifacts=dict(document.get("artifacts", {})),
-                      steps=[StepStatus.model_validate(s) for s in document.get("steps", [])])
+    """results.json from a run's output store (what the report step publishes last), read
+    with the same reader as the CLI's."""
+    document = read_results_document(output)
+    return RunResults(results=document.results, artifacts=document.artifacts.to_wire(),
+                      steps=document.steps)
 
 
 class Controller:
@@ -110,6 +109,10 @@ class Controller:
         self._written: dict[str, tuple[str, dict[str, Any]]] = {}
         # Jobs whose phase this process has put in the metrics (a sync or an intake did).
         self._recorded: set[str] = set()
+        # Each job's spec parsed (or the line saying why it is invalid), by uid, with the
+        # generation it was parsed at: a spec changes only with its generation, and
+        # validating hundreds of jobs on every poll costs the operator its responsiveness.
+        self._parsed: dict[str, tuple[int, Checked]] = {}
 
     def sync(self, job: JobView, emit: EventSink) -> dict[str, Any]:
         """Bring `job` one step closer to done; the status merge patch ({} when unchanged)."""
@@ -134,7 +137,8 @@ class Controller:
     def accept(self, job: JobView, emit: EventSink) -> dict[str, Any]:
         """The status patch of a job just created (see reconcile.accept). No backend and
         no API call, so the handlers may call it on the event loop."""
-        before, after = parse_status(job.status), accept(job, self._clock(), self.config)
+        before = parse_status(job.status)
+        after = accept(job, self._checked(job), self._clock())
         for event in transition_events(before, after):
             emit(event.type, event.reason, event.message)
         self.metrics.record(self._key(job), before, after)
@@ -152,6 +156,7 @@ class Controller:
             self.metrics.forget(self._key(job))
             self._written.pop(job.uid, None)
             self._recorded.discard(job.uid)
+            self._parsed.pop(job.uid, None)
         with self._locks_guard:
             self._locks.pop(job.uid, None)
 
@@ -160,8 +165,17 @@ class Controller:
 
     # ----------------------------------------------------------------------- internals
 
+    def _checked(self, job: JobView) -> Checked:
+        """`checked(job)`, parsed once per (uid, generation); only the newest generation
+        of each job is kept, and a deleted job's entry goes with it."""
+        cached = self._parsed.get(job.uid)
+        if cached is None or cached[0] != job.generation:
+            cached = (job.generation, checked(job, self.config))
+            self._parsed[job.uid] = cached
+        return cached[1]
+
     def _step(self, job: JobView, emit: EventSink) -> CompressionStatus:
-        decision = reconcile(job, self._observe(job), self.config)
+        decision = reconcile(job, self._checked(job), self._observe(job), self.config)
         status = decision.status
         for action in decision.actions:
             status = self._perform(action, status, job, emit)
@@ -203,7 +217,7 @@ class Controller:
         status = job.status or {}
         queued = (status.get("phase") == "Pending" and not status.get("runId")
                   and status.get("observedGeneration") == job.generation
-                  and any(c.get("type") == "Succeeded" and c.get("reason") == "Queued"
+                  and any(c.get("type") == SUCCEEDED and c.get("reason") == QUEUED
                           for c in status.get("conditions") or []))
         return queued and job.uid in self._recorded and self._monotonic() < self._full_until
 
@@ -223,7 +237,7 @@ class Controller:
             return status
         if isinstance(action, TerminateRun):
             self.backend.terminate(action.run_id)
-            emit("Normal", "Terminated", f"run {action.run_id} terminated: the job was deleted")
+            emit("Normal", TERMINATED, f"run {action.run_id} terminated: the job was deleted")
             return status
         if isinstance(action, SubmitRun):
             after = self._submit(action, status, job)
@@ -260,7 +274,7 @@ class Controller:
                                               name, action.target or action.output)
 
     def _output_from_spec(self, job: JobView) -> str | None:
-        parsed = validate(job)
+        parsed = self._checked(job)
         return None if isinstance(parsed, str) else output_of(parsed, self.config)
 
     def _freshest(self, job: JobView) -> JobView:

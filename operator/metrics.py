@@ -16,6 +16,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from modelpress.api import CompressionStatus, Results
+from modelpress.operator.status import PROMOTED
 
 PHASES = ("Pending", "Running", "Succeeded", "Failed")
 JOB_LABELS = ("namespace", "job", "model")
@@ -145,7 +146,7 @@ class OperatorMetrics:
         decision = after.promotion.decision if after.promotion else None
         earlier = before.promotion.decision if before.promotion else None
         if decision in ("Promoted", "Rejected") and decision != earlier:
-            reason = next((c.reason for c in after.conditions if c.type == "Promoted"), "")
+            reason = next((c.reason for c in after.conditions if c.type == PROMOTED), "")
             self.promotion_decisions.labels(key.namespace, decision, reason).inc()
 
 

@@ -1,126 +1,82 @@
-"""The promotion gate (thresholds and an optional CEL condition) and its actions.
+"""The promotion decision on a finished job, and its actions: copy the model to
+`promotion.target`, point a KServe InferenceService at it.
 
-Judging is pure and works on stored results, so editing `spec.promotion` re-judges a
-finished job without re-running it. The actions (copy the model to `promotion.target`,
-point a KServe InferenceService at it) are the only side effects, kept in two functions.
+Deciding is pure and works on stored results, so editing `spec.promotion` re-judges a
+finished job without re-running it. The gates themselves are judged in `modelpress.gates`,
+the same code the report step and `modelpress run` use. The actions are the only side
+effects, kept in two functions the controller calls.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import celpy
-from celpy.celparser import CELParseError
-from celpy.evaluation import CELEvalError
-
-from modelpress.api import Gates, Promotion, Results
+from modelpress import gates
+from modelpress.api import CompressionStatus, Promotion, PromotionStatus
+from modelpress.operator.status import (
+    GATES_FAILED,
+    GATES_PASSED,
+    PROMOTED,
+    with_condition,
+)
 from modelpress.store import Store, open_store
 
 # What a promoted model consists of: the model and the evidence that it passed.
 PROMOTED_FILES = ("model.onnx", "results.json", "report.html", "lineage.json")
 KSERVE_GROUP, KSERVE_VERSION, KSERVE_PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
+# A job's annotation naming the InferenceService ("name" or "namespace/name") to point at
+# the promoted model.
+INFERENCE_SERVICE_ANNOTATION = "modelpress.io/inference-service"
 
 
 @dataclass(frozen=True)
-class Verdict:
-    decision: Literal["Promoted", "Rejected"]
-    reasons: list[str] = field(default_factory=list)
+class Promote:
+    """Copy the output to `target` (when set), then point `inference_service` at it."""
+
+    output: str
+    target: str | None
+    inference_service: str | None = None
 
 
-def condition_error(condition: str) -> str | None:
-    """Why `condition` is not a CEL expression, or None when it parses."""
-    try:
-        celpy.Environment().compile(condition)
-    except CELParseError as error:
-        return f"not a valid CEL expression: {str(error).splitlines()[0]}"
-    except RecursionError:
-        return "the CEL expression is nested too deeply"
-    return None
+def decide(status: CompressionStatus, promotion: Promotion, annotations: Mapping[str, str],
+           kserve_enabled: bool, output: str,
+           now: datetime) -> tuple[CompressionStatus, list[Promote]]:
+    """Judge a succeeded job's results: rejected with every failed gate, promoted at once
+    when there is nothing to do, else Pending with the Promote action that finishes it."""
+    assert status.results is not None
+    verdict = gates.judge(status.results, promotion)
+    if verdict.decision == "Rejected":
+        return rejected(status, GATES_FAILED, verdict.reasons, now), []
+    reasons = list(verdict.reasons)
+    service = annotations.get(INFERENCE_SERVICE_ANNOTATION)
+    if service and not kserve_enabled:
+        reasons.append(f"annotation {INFERENCE_SERVICE_ANNOTATION} ignored: KServe patching "
+                       "is not enabled in the operator")
+        service = None
+    if promotion.target is None and service is None:
+        status = status.model_copy(update={"promotion": PromotionStatus(
+            decision="Promoted", reasons=[*reasons, "no promotion.target: nothing copied"])})
+        return with_condition(status, PROMOTED, "True", GATES_PASSED,
+                              "every gate passed; no promotion.target is set", now), []
+    current = status.promotion
+    if current and current.decision == "Promoted" and current.promoted_uri == promotion.target:
+        return status.model_copy(update={"promotion": current.model_copy(
+            update={"reasons": reasons})}), []
+    status = status.model_copy(update={"promotion": PromotionStatus(
+        decision="Pending", reasons=reasons)})
+    return status, [Promote(output=output, target=promotion.target, inference_service=service)]
 
 
-def judge(results: Results, promotion: Promotion) -> Verdict:
-    """Promoted only when every gate and the condition pass; every failure is listed."""
-    failures = [*_gate_failures(results, promotion.gates)]
-    if promotion.condition:
-        failure = _condition_failure(promotion.condition, results)
-        if failure:
-            failures.append(failure)
-    if failures:
-        return Verdict("Rejected", failures)
-    return Verdict("Promoted", _passes(results, promotion))
-
-
-def _gate_failures(results: Results, gates: Gates) -> list[str]:
-    failures: list[str] = []
-    ratio = results.compression_ratio
-    if gates.min_compression_ratio is not None and ratio < gates.min_compression_ratio:
-        failures.append(f"compressionRatio {ratio:g} is below minCompressionRatio "
-                        f"{gates.min_compression_ratio:g}")
-    drop = results.accuracy_drop
-    if gates.max_accuracy_drop is not None and drop > gates.max_accuracy_drop:
-        failures.append(f"accuracyDrop {drop:g} is above maxAccuracyDrop "
-                        f"{gates.max_accuracy_drop:g}")
-    for pool, minimum in gates.min_speedup.items():
-        failure = _speedup_failure(results, pool, minimum)
-        if failure:
-            failures.append(failure)
-    return failures
-
-
-def _speedup_failure(results: Results, pool: str, minimum: float) -> str | None:
-    measured = results.speedup.get(pool)
-    if measured is not None:
-        return None if measured >= minimum else \
-            f"speedup on pool {pool} {measured:g} is below minSpeedup {minimum:g}"
-    benchmark = next((b for b in results.benchmarks if b.pool == pool), None)
-    if benchmark is None:
-        return f"minSpeedup {minimum:g} on pool {pool}: no such pool was benchmarked"
-    why = benchmark.reason or "no measurement"
-    return f"minSpeedup {minimum:g} on pool {pool}: the pool was unavailable ({why})"
-
-
-def _condition_failure(condition: str, results: Results) -> str | None:
-    environment = celpy.Environment()
-    try:
-        program = environment.program(environment.compile(condition))
-        value = program.evaluate({"results": celpy.json_to_cel(results.to_wire())})
-    except CELParseError as error:
-        return f"condition is not a valid CEL expression: {str(error).splitlines()[0]}"
-    except CELEvalError as error:
-        return f"condition {condition!r} could not be evaluated: {_cel_reason(error)}"
-    except RecursionError:
-        return "condition is nested too deeply to evaluate"
-    if isinstance(value, CELEvalError):  # cel-python returns some errors as values
-        return f"condition {condition!r} could not be evaluated: {_cel_reason(value)}"
-    if not isinstance(value, celpy.celtypes.BoolType):
-        return f"condition {condition!r} must be true or false, got {type(value).__name__}"
-    return None if bool(value) else f"condition {condition!r} is false"
-
-
-def _cel_reason(error: CELEvalError) -> str:
-    return str(error.args[0]) if error.args else type(error).__name__
-
-
-def _passes(results: Results, promotion: Promotion) -> list[str]:
-    gates = promotion.gates
-    passes = []
-    if gates.min_compression_ratio is not None:
-        passes.append(f"compressionRatio {results.compression_ratio:g} >= "
-                      f"{gates.min_compression_ratio:g}")
-    if gates.max_accuracy_drop is not None:
-        passes.append(f"accuracyDrop {results.accuracy_drop:g} <= {gates.max_accuracy_drop:g}")
-    passes += [f"speedup on pool {pool} {results.speedup[pool]:g} >= {minimum:g}"
-               for pool, minimum in gates.min_speedup.items()]
-    if promotion.condition:
-        passes.append(f"condition {promotion.condition!r} is true")
-    return passes or ["no gates configured"]
-
-
-# ----------------------------------------------------------------------------- actions
+def rejected(status: CompressionStatus, reason: str, reasons: list[str],
+             now: datetime) -> CompressionStatus:
+    status = status.model_copy(update={"promotion": PromotionStatus(
+        decision="Rejected", reasons=reasons)})
+    return with_condition(status, PROMOTED, "False", reason, "; ".join(reasons), now)
 
 
 def copy_to_target(output: str, target: str,

@@ -1,4 +1,5 @@
-"""Status computation: conditions, step lists, and the patch that writes a status.
+"""Status computation: the condition reasons, every transition of a job's status, step
+lists, and the patch that writes a status.
 
 Everything here is pure. A status is written only when it changed, and a condition's
 lastTransitionTime moves only when its status does (a new reason alone is not a
@@ -11,11 +12,44 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal
 
-from modelpress.api import CompressionSpec, CompressionStatus, Condition, StepStatus
+from modelpress.api import (
+    CompressionSpec,
+    CompressionStatus,
+    Condition,
+    PromotionStatus,
+    Results,
+    StepStatus,
+)
+from modelpress.operator.backends.base import RunState
+from modelpress.pipelines import steps
 
+# Condition types.
 SUCCEEDED = "Succeeded"
 PROMOTED = "Promoted"
 ConditionStatus = Literal["True", "False", "Unknown"]
+
+# Condition reasons (the Events a transition posts carry the same ones).
+INVALID_SPEC = "InvalidSpec"
+QUEUED = "Queued"
+BACKEND_UNAVAILABLE = "BackendUnavailable"
+SUBMITTED = "Submitted"
+SUBMIT_FAILED = "SubmitFailed"
+RUNNING = "Running"
+RUN_SUCCEEDED = "RunSucceeded"
+STEP_FAILED = "StepFailed"
+RUN_FAILED = "RunFailed"
+RUN_CANCELED = "RunCanceled"
+RUN_LOST = "RunLost"
+RESULTS_MISSING = "ResultsMissing"
+AWAITING_RESULTS = "AwaitingResults"
+JOB_FAILED = "JobFailed"
+GATES_PASSED = "GatesPassed"
+GATES_FAILED = "GatesFailed"
+MODEL_PROMOTED = "Promoted"
+PROMOTION_FAILED = "PromotionFailed"
+# The reason of the Event posted when a deleted job's run is stopped (no condition has it).
+TERMINATED = "Terminated"
+
 _FINISHED_STEP_PHASES = ("Succeeded", "Failed", "Skipped")
 
 
@@ -41,10 +75,9 @@ def _condition_order(condition: Condition) -> int:
 
 
 def planned_steps(spec: CompressionSpec) -> list[StepStatus]:
-    """The steps a run of `spec` will go through, all Pending, named as the steps report."""
-    names = ["fetch", *(step.kind for step in spec.steps), "validate",
-             *(f"benchmark-{pool.name}" for pool in spec.benchmark.pools), "report"]
-    return [StepStatus(name=name, phase="Pending") for name in names]
+    """The steps a run of `spec` will go through, all Pending, named as the steps report
+    (the plan of modelpress.pipelines.steps)."""
+    return [StepStatus(name=step.name, phase="Pending") for step in steps.planned_steps(spec)]
 
 
 def merge_steps(current: list[StepStatus], observed: list[StepStatus]) -> list[StepStatus]:
@@ -98,19 +131,121 @@ def status_patch(raw: Mapping[str, Any] | None, new: CompressionStatus) -> dict[
     return patch
 
 
-# ----------------------------------------------- outcomes of the controller's actions
+# ------------------------------------------------------------- transitions of a job
+
+
+def invalid(status: CompressionStatus, problem: str, now: datetime) -> CompressionStatus:
+    status = status.model_copy(update={"phase": "Failed", "finished_at": now})
+    status = with_condition(status, SUCCEEDED, "False", INVALID_SPEC, problem, now)
+    return no_promotion(status, INVALID_SPEC, f"the spec is invalid: {problem}", now)
+
+
+def pending(status: CompressionStatus, now: datetime) -> CompressionStatus:
+    status = status.model_copy(update={"phase": "Pending", "finished_at": None})
+    return awaiting_promotion(status, now)
+
+
+def queued(status: CompressionStatus, now: datetime) -> CompressionStatus:
+    """Waiting for a slot. One message whether or not a slot was looked for yet, so a job
+    accepted at the cap needs no second status write."""
+    return with_condition(status, SUCCEEDED, "Unknown", QUEUED, "waiting for a free slot "
+                          "under the operator's cap on runs in flight", now)
+
+
+def backend_unavailable(status: CompressionStatus, problem: str,
+                        now: datetime) -> CompressionStatus:
+    """The backend could not be asked; the phase stays, the next sync asks again."""
+    return with_condition(status, SUCCEEDED, "Unknown", BACKEND_UNAVAILABLE, problem, now)
 
 
 def submitted(status: CompressionStatus, run_id: str, backend: Literal["kfp", "local"],
               now: datetime) -> CompressionStatus:
     status = status.model_copy(update={"run_id": run_id, "backend": backend})
-    return with_condition(status, SUCCEEDED, "Unknown", "Submitted",
+    return with_condition(status, SUCCEEDED, "Unknown", SUBMITTED,
                           f"run {run_id} submitted to the {backend} backend", now)
 
 
 def submit_failed(status: CompressionStatus, problem: str, now: datetime) -> CompressionStatus:
-    return with_condition(status, SUCCEEDED, "Unknown", "SubmitFailed",
+    return with_condition(status, SUCCEEDED, "Unknown", SUBMIT_FAILED,
                           f"could not submit the run (will retry): {problem}", now)
+
+
+def waiting(status: CompressionStatus, run: RunState, now: datetime) -> CompressionStatus:
+    return with_condition(status, SUCCEEDED, "Unknown", SUBMITTED,
+                          f"run {run.run_id} is waiting to start", now)
+
+
+def running(status: CompressionStatus, run: RunState, now: datetime) -> CompressionStatus:
+    status = status.model_copy(update={
+        "phase": "Running", "started_at": status.started_at or run.started_at or now})
+    step = running_step(status.steps)
+    message = f"running {step}" if step else f"run {run.run_id} is running"
+    return with_condition(status, SUCCEEDED, "Unknown", RUNNING, message, now)
+
+
+def succeeded(status: CompressionStatus, run: RunState, results: Results,
+              artifacts: Mapping[str, str], steps: list[StepStatus],
+              now: datetime) -> CompressionStatus:
+    """The run succeeded and its results were read; promotion is judged next."""
+    status = status.model_copy(update={
+        "phase": "Succeeded", "started_at": status.started_at or run.started_at or now,
+        "finished_at": run.finished_at or now, "results": results,
+        "artifacts": {**status.artifacts, **artifacts},
+        "steps": steps or settle_steps(status.steps, now)})
+    return with_condition(status, SUCCEEDED, "True", RUN_SUCCEEDED, _summary(results), now)
+
+
+def _summary(results: Results) -> str:
+    speedups = ", ".join(f"{pool} {value:g}x" for pool, value in results.speedup.items())
+    return (f"compression ratio {results.compression_ratio:g}x, accuracy drop "
+            f"{results.accuracy_drop:g}, speedup {speedups or 'not measured'}")
+
+
+def failed(status: CompressionStatus, run: RunState, now: datetime) -> CompressionStatus:
+    """The run ended without success (failed, canceled outside the operator, or lost)."""
+    reason, message = _failure_reason(run)
+    return stopped(status, reason, message, run.finished_at or now, now)
+
+
+def _failure_reason(run: RunState) -> tuple[str, str]:
+    if run.phase == "Canceled":
+        return RUN_CANCELED, f"run {run.run_id} was canceled outside the operator"
+    if run.phase == "Lost":
+        return RUN_LOST, f"the backend has no record of run {run.run_id}"
+    problem = run.message or "no message"
+    if run.failed_step:
+        return STEP_FAILED, f"step {run.failed_step} failed: {problem}"
+    return RUN_FAILED, f"run {run.run_id} failed: {problem}"
+
+
+def stopped(status: CompressionStatus, reason: str, message: str, finished_at: datetime,
+            now: datetime) -> CompressionStatus:
+    """Failed for `reason` after a run: unfinished steps Skipped, nothing to promote."""
+    status = status.model_copy(update={
+        "phase": "Failed", "finished_at": finished_at,
+        "steps": settle_steps(status.steps, finished_at)})
+    status = with_condition(status, SUCCEEDED, "False", reason, message, now)
+    return no_promotion(status, JOB_FAILED, f"no results to judge: {message}", now)
+
+
+# ------------------------------------------------------ transitions of the promotion
+# Here rather than in promotion.py: the job's own transitions above set them, and
+# promotion.py (the decision) builds on this module, not the other way round.
+
+
+def awaiting_promotion(status: CompressionStatus, now: datetime) -> CompressionStatus:
+    status = status.model_copy(update={"promotion": PromotionStatus(
+        decision="Pending", reasons=["the job has not finished"])})
+    return with_condition(status, PROMOTED, "Unknown", AWAITING_RESULTS,
+                          "the gates are judged when the run succeeds", now)
+
+
+def no_promotion(status: CompressionStatus, reason: str, message: str,
+                 now: datetime) -> CompressionStatus:
+    """Rejected without judging: there are no results (or no valid spec) to judge."""
+    status = status.model_copy(update={"promotion": PromotionStatus(
+        decision="Rejected", reasons=[message])})
+    return with_condition(status, PROMOTED, "False", reason, message, now)
 
 
 def promoted(status: CompressionStatus, target: str | None, inference_service: str | None,
@@ -121,11 +256,11 @@ def promoted(status: CompressionStatus, target: str | None, inference_service: s
         where.append(f"InferenceService {inference_service} now serves it")
     status = status.model_copy(update={"promotion": status.promotion.model_copy(
         update={"decision": "Promoted", "promoted_uri": target})})
-    return with_condition(status, PROMOTED, "True", "Promoted", "; ".join(where), now)
+    return with_condition(status, PROMOTED, "True", MODEL_PROMOTED, "; ".join(where), now)
 
 
 def promotion_failed(status: CompressionStatus, problem: str,
                      now: datetime) -> CompressionStatus:
     """The gates passed but the copy or patch did not: the decision stays Pending (retried)."""
-    return with_condition(status, PROMOTED, "False", "PromotionFailed",
+    return with_condition(status, PROMOTED, "False", PROMOTION_FAILED,
                           f"every gate passed but promoting failed (will retry): {problem}", now)

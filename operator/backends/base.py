@@ -47,7 +47,10 @@ class RunRequest:
 
 
 class Backend(Protocol):
-    name: Literal["kfp", "local"]
+    @property
+    def name(self) -> Literal["kfp", "local"]:
+        """Which backend this is (read-only, so each may narrow it to its own name)."""
+        ...
 
     def submit(self, request: RunRequest) -> str:
         """Start the run (or find the one already started for `request.key`); its id."""

@@ -2,10 +2,11 @@
 kfp.local, with everything about the run kept in its folder.
 
 A run folder holds `request.json` (job, output, runner), `worker.json` (pid, start time),
-`events.jsonl` (the steps' progress events), `exit.json` (how the run ended),
-`canceled` (written before a terminate) and `worker.log`. Run state is read back from
-those files alone, so a restarted operator finds its runs again and never starts one
-twice: the folder is named after the job's uid and claimed with an atomic mkdir.
+`events.jsonl` (the steps' progress events, read with `modelpress.events`), `exit.json`
+(how the run ended), `canceled` (written before a terminate) and `worker.log`. Run state
+is read back from those files alone, so a restarted operator finds its runs again and
+never starts one twice: the folder is named after the job's uid and claimed with an
+atomic mkdir.
 
 Workers run in their own session: they outlive an operator restart, and terminating one
 kills its whole process group (kfp.local's step subprocesses included).
@@ -16,7 +17,6 @@ kills its whole process group (kfp.local's step subprocesses included).
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import re
 import signal
@@ -25,10 +25,14 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic.alias_generators import to_camel
 
 from modelpress.api import CompressionJob, StepStatus
 from modelpress.errors import StepFailed
+from modelpress.events import ProgressEvent, failed_step, failure_message, read_events
 from modelpress.operator.backends.base import RunRequest, RunState
 
 DEFAULT_RUNNER = "modelpress.pipelines.local:run_local"
@@ -36,6 +40,36 @@ TERMINATE_GRACE_SECONDS = 5.0
 # A run folder without a worker after this long was claimed by an operator that died
 # before it could start the worker.
 START_TIMEOUT_SECONDS = 60.0
+
+
+class _Record(BaseModel):
+    """A file of the run folder: written by one process, read by another."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+
+class RequestRecord(_Record):
+    """request.json: what the worker runs."""
+
+    job: CompressionJob
+    output: str
+    runner: str
+
+
+class WorkerRecord(_Record):
+    """worker.json: the worker process, written once it started."""
+
+    pid: int
+    started_at: float
+
+
+class ExitRecord(_Record):
+    """exit.json: how the run ended, written by the worker as its last act."""
+
+    phase: Literal["Succeeded", "Failed"]
+    step: str | None = None
+    message: str | None = None
+    finished_at: float
 
 
 class LocalBackend:
@@ -57,8 +91,8 @@ class LocalBackend:
             folder.mkdir()
         except FileExistsError:
             return run_id  # already started for this job (e.g. before an operator restart)
-        _write_json(folder / "request.json", {"job": request.job.to_wire(),
-                                              "output": request.output, "runner": self.runner})
+        _write_record(folder / "request.json", RequestRecord(
+            job=request.job, output=request.output, runner=self.runner))
         with (folder / "worker.log").open("ab") as log:
             # cwd: the run folder, never a checkout whose operator/ would shadow the
             # standard library's `operator` on the `-m` path.
@@ -67,46 +101,46 @@ class LocalBackend:
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
         self._workers[run_id] = worker
-        _write_json(folder / "worker.json", {"pid": worker.pid, "startedAt": time.time()})
+        _write_record(folder / "worker.json", WorkerRecord(pid=worker.pid,
+                                                           started_at=time.time()))
         return run_id
 
     def poll(self, run_id: str) -> RunState:
         folder = self.workdir / run_id
         if not (folder / "request.json").is_file():
             return RunState(run_id=run_id, phase="Lost")
-        steps = steps_from_events(folder / "events.jsonl")
-        worker = _read_json(folder / "worker.json") or {}
-        started = _time(worker.get("startedAt"))
-        ended = _read_json(folder / "exit.json")
+        events = read_events(folder / "events.jsonl")
+        steps = steps_from_events(events)
+        worker = _read_record(folder / "worker.json", WorkerRecord)
+        started = _time(worker.started_at) if worker else None
+        ended = _read_record(folder / "exit.json", ExitRecord)
         if (folder / "canceled").exists():
             return RunState(run_id, "Canceled", steps, started_at=started,
-                            finished_at=_time(ended and ended.get("finishedAt")))
+                            finished_at=_time(ended.finished_at) if ended else None)
         if ended is not None:
             self._reap(run_id)
-            return RunState(run_id, ended["phase"], steps, failed_step=ended.get("step"),
-                            message=ended.get("message"), started_at=started,
-                            finished_at=_time(ended.get("finishedAt")))
-        if not worker:
+            return RunState(run_id, ended.phase, steps, failed_step=ended.step,
+                            message=ended.message, started_at=started,
+                            finished_at=_time(ended.finished_at))
+        if worker is None:
             return _not_started(run_id, folder)
-        if self._alive(run_id, worker["pid"]):
+        if self._alive(run_id, worker.pid):
             return RunState(run_id, "Running", steps, started_at=started)
-        return RunState(run_id, "Failed", steps, started_at=started,
-                        message="the worker process ended without recording an outcome "
-                                f"(see {folder / 'worker.log'})")
+        return _died(run_id, folder, events, steps, started)
 
     def terminate(self, run_id: str) -> None:
         folder = self.workdir / run_id
         if not folder.is_dir() or (folder / "exit.json").exists():
             return
         (folder / "canceled").touch()
-        worker = _read_json(folder / "worker.json")
+        worker = _read_record(folder / "worker.json", WorkerRecord)
         if worker is None:
             return
-        _signal_group(worker["pid"], signal.SIGTERM)
+        _signal_group(worker.pid, signal.SIGTERM)
         deadline = time.monotonic() + TERMINATE_GRACE_SECONDS
-        while self._alive(run_id, worker["pid"]) and time.monotonic() < deadline:
+        while self._alive(run_id, worker.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        _signal_group(worker["pid"], signal.SIGKILL)
+        _signal_group(worker.pid, signal.SIGKILL)
         self._reap(run_id)
 
     def has_capacity(self) -> bool:
@@ -121,8 +155,8 @@ class LocalBackend:
             if (folder / "exit.json").exists():
                 self._ended.add(folder.name)
                 continue
-            worker = _read_json(folder / "worker.json")
-            if worker and self._alive(folder.name, worker["pid"]):
+            worker = _read_record(folder / "worker.json", WorkerRecord)
+            if worker and self._alive(folder.name, worker.pid):
                 count += 1
         return count
 
@@ -140,6 +174,16 @@ class LocalBackend:
             return True
         del self._workers[run_id]
         return False
+
+
+def _died(run_id: str, folder: Path, events: list[ProgressEvent], steps: list[StepStatus],
+          started: datetime | None) -> RunState:
+    """The worker is gone without an exit.json: killed, or out of memory. The step it was
+    in is the one that started and never finished."""
+    problem = failure_message(events) or "the worker process ended without recording an " \
+        f"outcome (see {folder / 'worker.log'})"
+    return RunState(run_id, "Failed", steps, failed_step=failed_step(events), message=problem,
+                    started_at=started)
 
 
 def _not_started(run_id: str, folder: Path) -> RunState:
@@ -170,48 +214,48 @@ def _signal_group(pid: int, signum: int) -> None:
         pass  # already gone
 
 
-def steps_from_events(path: Path) -> list[StepStatus]:
+def steps_from_events(events: list[ProgressEvent]) -> list[StepStatus]:
     """Step states from the progress events; a repeated step name starts a new entry."""
     steps: list[StepStatus] = []
-    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
-    for line in lines:
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line still being written
-        when = _time(event.get("time"))
-        if event["event"] == "started":
-            steps.append(StepStatus(name=event["step"], phase="Running", started_at=when))
+    for event in events:
+        when = _time(event.time)
+        if event.event == "started":
+            steps.append(StepStatus(name=event.step, phase="Running", started_at=when))
             continue
         index = next((i for i in range(len(steps) - 1, -1, -1)
-                      if steps[i].name == event["step"] and steps[i].phase == "Running"), None)
-        finished = event["event"] == "finished"
+                      if steps[i].name == event.step and steps[i].phase == "Running"), None)
+        finished = event.event == "finished"
         update: dict[str, Any] = {"phase": "Succeeded" if finished else "Failed",
-                                  "finished_at": when, "message": event.get("message")}
+                                  "finished_at": when, "message": event.message or None}
         if finished:
-            update["duration_seconds"] = round(float(event.get("seconds", 0.0)), 3)
+            update["duration_seconds"] = round(event.seconds or 0.0, 3)
         if index is None:
-            steps.append(StepStatus(name=event["step"], **update))
+            steps.append(StepStatus(name=event.step, **update))
         else:
             steps[index] = steps[index].model_copy(update=update)
     return steps
 
 
-def _time(value: Any) -> datetime | None:
-    return datetime.fromtimestamp(float(value), UTC) if value is not None else None
+def _time(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+R = TypeVar("R", bound=_Record)
+
+
+def _read_record(path: Path, record: type[R]) -> R | None:
+    """The record in `path`, or None when it is not there (yet) or not one."""
     try:
-        return dict(json.loads(path.read_text(encoding="utf-8")))
-    except (FileNotFoundError, json.JSONDecodeError):
+        return record.model_validate_json(path.read_bytes())
+    except (FileNotFoundError, ValidationError):
         return None
 
 
-def _write_json(path: Path, document: dict[str, Any]) -> None:
+def _write_record(path: Path, record: _Record) -> None:
     """Write-then-rename, so a reader never sees half a file."""
     partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(document), encoding="utf-8")
+    partial.write_text(record.model_dump_json(by_alias=True, exclude_none=True),
+                       encoding="utf-8")
     os.replace(partial, path)
 
 
@@ -220,19 +264,20 @@ def _write_json(path: Path, document: dict[str, Any]) -> None:
 
 def run_worker(folder: Path) -> int:
     """Run the pipeline of the request in `folder`; record how it ended in exit.json."""
-    request = json.loads((folder / "request.json").read_text(encoding="utf-8"))
-    module, _, function = request["runner"].partition(":")
+    request = RequestRecord.model_validate_json((folder / "request.json").read_bytes())
+    module, _, function = request.runner.partition(":")
     runner = getattr(importlib.import_module(module), function)
-    outcome: dict[str, Any] = {"phase": "Succeeded"}
     try:
-        runner(CompressionJob.model_validate(request["job"]), request["output"],
-               folder / "work", folder / "events.jsonl")
+        runner(request.job, request.output, folder / "work", folder / "events.jsonl")
+        outcome = ExitRecord(phase="Succeeded", finished_at=time.time())
     except StepFailed as error:
-        outcome = {"phase": "Failed", "step": error.step, "message": error.problem}
+        outcome = ExitRecord(phase="Failed", step=error.step, message=error.problem,
+                             finished_at=time.time())
     except Exception as error:  # the worker's whole job is to report any failure
-        outcome = {"phase": "Failed", "message": f"{type(error).__name__}: {error}"}
-    _write_json(folder / "exit.json", {**outcome, "finishedAt": time.time()})
-    return 0 if outcome["phase"] == "Succeeded" else 1
+        outcome = ExitRecord(phase="Failed", message=f"{type(error).__name__}: {error}",
+                             finished_at=time.time())
+    _write_record(folder / "exit.json", outcome)
+    return 0 if outcome.phase == "Succeeded" else 1
 
 
 if __name__ == "__main__":

@@ -31,17 +31,18 @@ from hypothesis import strategies as st
 
 from modelpress.api import CompressionJob, CompressionStatus
 from modelpress.errors import InvalidInput
-from modelpress.jobfile import load_job, parse_job
+from modelpress.gates import condition_error
+from modelpress.jobfile import load_job, parse_job, validate_job
 from modelpress.operator.backends.base import RunRequest, RunState
 from modelpress.operator.controller import Controller, view_of
 from modelpress.operator.metrics import OperatorMetrics
-from modelpress.operator.promotion import condition_error
 from modelpress.operator.reconcile import (
     Config,
     Decision,
     EmitEvent,
     Observation,
     SubmitRun,
+    checked,
     reconcile,
 )
 
@@ -345,12 +346,9 @@ def assert_refused_or_admitted(decision: Decision, spec: Json) -> None:
 
 
 def _parses(spec: Json) -> bool:
-    try:
-        CompressionJob.model_validate({"apiVersion": "modelpress.io/v1alpha1",
-                                       "kind": "CompressionJob",
-                                       "metadata": {"name": "hostile", "namespace": "ml"},
-                                       "spec": spec})
-    except ValueError:
+    parsed = validate_job({"apiVersion": "modelpress.io/v1alpha1", "kind": "CompressionJob",
+                           "metadata": {"name": "hostile", "namespace": "ml"}, "spec": spec})
+    if isinstance(parsed, str):
         return False
     condition = spec.get("promotion", {}).get("condition")
     return not (condition and condition_error(condition))
@@ -463,7 +461,7 @@ def test_deep_nesting_in_the_spec_fails_the_job(build: Callable[[], Json]) -> No
     spec = build()["spec"]
     job = view_of(_body(spec))
     with no_stack_overflow("reconcile"):
-        decision = reconcile(job, Observation(now=NOW), CONFIG)
+        decision = reconcile(job, checked(job, CONFIG), Observation(now=NOW), CONFIG)
     if spec == _base()["spec"]:
         assert decision.status.phase == "Pending"  # the nesting was outside the spec
     else:
@@ -518,7 +516,8 @@ def test_a_uri_with_control_characters_is_refused(uri: str) -> None:
 @given(specs())
 def test_reconcile_fails_a_hostile_spec_naming_the_field(spec: dict[str, Json]) -> None:
     job = view_of(_body(spec))
-    assert_refused_or_admitted(reconcile(job, Observation(now=NOW), CONFIG), spec)
+    assert_refused_or_admitted(reconcile(job, checked(job, CONFIG), Observation(now=NOW),
+                                         CONFIG), spec)
 
 
 @LESS_HOSTILE
@@ -556,7 +555,7 @@ def _rejudged(promotion: Json) -> Decision:
     """A finished job whose (mutable) spec.promotion was just edited."""
     spec = {**_base()["spec"], "promotion": promotion}
     job = view_of(_body(spec, status=_finished_status(), generation=2))
-    return reconcile(job, Observation(now=NOW), CONFIG)
+    return reconcile(job, checked(job, CONFIG), Observation(now=NOW), CONFIG)
 
 
 @LESS_HOSTILE
@@ -597,8 +596,8 @@ def test_a_deeply_nested_condition_is_refused_or_judged(condition: str) -> None:
     the job must end judged (or its spec refused), never in a reconcile that always raises."""
     assert len(condition) <= 4096
     with no_stack_overflow("admitting the job"):
-        admitted = reconcile(view_of(_body({**_base()["spec"], "promotion": {
-            "condition": condition}})), Observation(now=NOW), CONFIG)
+        job = view_of(_body({**_base()["spec"], "promotion": {"condition": condition}}))
+        admitted = reconcile(job, checked(job, CONFIG), Observation(now=NOW), CONFIG)
     if admitted.status.phase == "Failed":
         assert re.match(r"^spec\.promotion\.condition: ", _condition(
             admitted.status, "Succeeded").message)

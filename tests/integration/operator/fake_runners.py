@@ -5,35 +5,44 @@ Each has run_local's signature and writes the same progress events, in milliseco
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
-from modelpress.api import CompressionJob
+from modelpress.api import CompressionJob, Results, StepStatus
 from modelpress.errors import StepFailed
+from modelpress.events import ProgressEvent, append_event
+from modelpress.records import Artifacts, PromotionVerdict, ResultsDocument
 from modelpress.store import open_store
 
 STEPS = ("fetch", "prune", "quantize", "validate", "benchmark-cpu", "report")
 
 
-def _emit(events: Path, event: str, step: str, **fields: object) -> None:
-    with events.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps({"event": event, "step": step, "time": time.time(),
-                                 **fields}) + "\n")
+def _emit(events: Path, event: Literal["started", "finished", "failed"], step: str, *,
+          seconds: float | None = None, message: str = "") -> None:
+    append_event(events, ProgressEvent(event=event, step=step, time=time.time(),
+                                       seconds=seconds, message=message))
 
 
-def results_document(ratio: float = 4.0) -> dict[str, object]:
+def results_document(output: str, ratio: float = 4.0) -> ResultsDocument:
+    """What a run's report step publishes, with made-up figures."""
+    store = open_store(output)
     figures = {"parameters": 1000, "metric": {"name": "accuracy", "value": 0.98}}
-    return {
-        "results": {"baseline": {**figures, "sizeBytes": 400_000},
-                    "compressed": {**figures, "sizeBytes": int(400_000 / ratio)},
-                    "compressionRatio": ratio, "accuracyDrop": 0.002, "speedup": {"cpu": 1.8}},
-        "artifacts": {"model": "model.onnx"},
-        "steps": [{"name": step, "phase": "Succeeded", "durationSeconds": 0.01,
-                   "message": "ok"} for step in STEPS]}
+    results = Results.model_validate({
+        "baseline": {**figures, "sizeBytes": 400_000},
+        "compressed": {**figures, "sizeBytes": int(400_000 / ratio)},
+        "compressionRatio": ratio, "accuracyDrop": 0.002, "speedup": {"cpu": 1.8}})
+    return ResultsDocument(
+        results=results,
+        artifacts=Artifacts(model=store.uri("model.onnx"), baseline=store.uri("baseline.onnx"),
+                            report=store.uri("report.html"), results=store.uri("results.json"),
+                            lineage=store.uri("lineage.json")),
+        steps=[StepStatus(name=step, phase="Succeeded", duration_seconds=0.01, message="ok")
+               for step in STEPS],
+        promotion=PromotionVerdict(decision="Promoted", reasons=["no gates configured"]))
 
 
 def succeed(job: CompressionJob, output: str, workdir: Path, events: Path) -> str:
@@ -43,7 +52,8 @@ def succeed(job: CompressionJob, output: str, workdir: Path, events: Path) -> st
     workdir.mkdir(parents=True, exist_ok=True)
     store = open_store(output)
     for name, text in (("model.onnx", "onnx bytes"),
-                       ("results.json", json.dumps(results_document()))):
+                       ("results.json", results_document(output).model_dump_json(
+                           by_alias=True, exclude_none=True))):
         (workdir / name).write_text(text)
         store.put_file(workdir / name, name)
     return ""

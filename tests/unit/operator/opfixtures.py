@@ -11,7 +11,16 @@ import yaml
 
 from modelpress.api import CompressionStatus, Results, StepStatus
 from modelpress.operator.backends.base import RunState
-from modelpress.operator.reconcile import Config, JobView, RunResults
+from modelpress.operator.reconcile import (
+    Config,
+    Decision,
+    JobView,
+    Observation,
+    RunResults,
+    accept,
+    checked,
+    reconcile,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 NOW = datetime(2025, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -90,3 +99,13 @@ def succeeded(generation: int = 1, **fields: Any) -> dict[str, Any]:
         "conditions": [condition("Succeeded", "True", "RunSucceeded"),
                        condition("Promoted", "True", "GatesPassed")]}
     return status(**{**base, **fields})
+
+
+def reconciled(view: JobView, observed: Observation, config: Config = CONFIG) -> Decision:
+    """`reconcile` with the spec checked first, as the controller does."""
+    return reconcile(view, checked(view, config), observed, config)
+
+
+def accepted(view: JobView, now: datetime = NOW, config: Config = CONFIG) -> CompressionStatus:
+    """`accept` with the spec checked first, as the controller does."""
+    return accept(view, checked(view, config), now)

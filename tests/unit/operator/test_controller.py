@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 from opfixtures import CONFIG, NOW, OUTPUT, job, run_results, spec
 
+from modelpress.operator import controller as controller_module
 from modelpress.operator.backends.base import BackendError, RunRequest, RunState
 from modelpress.operator.controller import FULL_FOR_SECONDS, Controller, view_of
 from modelpress.operator.metrics import OperatorMetrics
-from modelpress.operator.reconcile import JobView, RunResults
+from modelpress.operator.reconcile import Checked, Config, JobView, RunResults, checked
 
 TARGET = "file:///models/digits/prod"
 
@@ -281,6 +282,52 @@ def test_delete_terminates_only_runs_in_flight(phase: str, terminated: list[str]
     assert ("Terminated" in events.reasons()) == bool(terminated)
     assert controller.metrics.registry.get_sample_value(
         "modelpress_jobs", {"namespace": "ml", "phase": phase}) is None
+
+
+@pytest.fixture
+def parses(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Every time the controller parses a spec, as (uid, generation)."""
+    seen: list[tuple[str, int]] = []
+
+    def counting(view: JobView, config: Config) -> Checked:
+        seen.append((view.uid, view.generation))
+        return checked(view, config)
+
+    monkeypatch.setattr(controller_module, "checked", counting)
+    return seen
+
+
+def test_a_spec_is_parsed_once_per_generation(parses: list[tuple[str, int]]) -> None:
+    controller = _controller(FakeBackend())
+    view = _apply(job(), controller.accept(job(), Events()))
+    for _ in range(3):  # submitted, then running, then polled while running
+        view = _apply(view, controller.sync(view, Events()))
+    assert view.status is not None and view.status["phase"] == "Running"
+    assert parses == [("uid-1", 1)]
+    edited = replace(view, generation=2, spec=spec(gates={"minCompressionRatio": 2.0}))
+    controller.sync(edited, Events())
+    controller.sync(edited, Events())
+    assert parses == [("uid-1", 1), ("uid-1", 2)]
+
+
+def test_a_changed_spec_is_acted_on_in_its_new_generation() -> None:
+    """What the cache returns for a new generation is that generation's spec."""
+    backend = FakeBackend(phase="Succeeded")
+    controller = _controller(backend)
+    view = _apply(job(), controller.sync(job(), Events()))
+    view = _apply(view, controller.sync(view, Events()))
+    assert view.status is not None and view.status["promotion"]["decision"] == "Promoted"
+    tightened = replace(view, generation=2, spec=spec(gates={"minCompressionRatio": 50}))
+    view = _apply(tightened, controller.sync(tightened, Events()))
+    assert view.status is not None and view.status["promotion"]["decision"] == "Rejected"
+
+
+def test_a_deleted_job_is_forgotten(parses: list[tuple[str, int]]) -> None:
+    controller = _controller(FakeBackend())
+    view = _apply(job(), controller.sync(job(), Events()))
+    controller.delete(view, Events())
+    controller.sync(view, Events())  # the same uid again: nothing of it was kept
+    assert parses == [("uid-1", 1), ("uid-1", 1)]
 
 
 def test_view_of_a_kopf_body() -> None:

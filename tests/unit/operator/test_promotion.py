@@ -11,11 +11,10 @@ from opfixtures import results
 
 from modelpress.api import Promotion
 from modelpress.errors import StoreError
+from modelpress.gates import condition_error, judge
 from modelpress.operator.promotion import (
     PROMOTED_FILES,
-    condition_error,
     copy_to_target,
-    judge,
     patch_inference_service,
 )
 

@@ -11,9 +11,11 @@ from opfixtures import (
     EARLIER,
     NOW,
     OUTPUT,
+    accepted,
     condition,
     in_flight,
     job,
+    reconciled,
     run,
     run_results,
     spec,
@@ -27,12 +29,10 @@ from modelpress.operator.reconcile import (
     Observation,
     Promote,
     SubmitRun,
-    accept,
     finalize,
-    reconcile,
     transition_events,
 )
-from modelpress.operator.status import find_condition
+from modelpress.operator.status import INVALID_SPEC, find_condition
 
 
 def _reason(decision_status: Any, type_: str = "Succeeded") -> str | None:
@@ -103,7 +103,7 @@ PHASES = [
 def test_phase_transitions(spec_: dict[str, Any] | None, before: dict[str, Any],
                            observed: Observation, phase: str, reason: str | None,
                            actions: list[str]) -> None:
-    decision = reconcile(job(spec_, before), observed, CONFIG)
+    decision = reconciled(job(spec_, before), observed, CONFIG)
     assert decision.status.phase == phase
     assert _reason(decision.status) == reason
     assert _kinds(decision.actions) == actions
@@ -111,7 +111,7 @@ def test_phase_transitions(spec_: dict[str, Any] | None, before: dict[str, Any],
 
 
 def test_submit_names_the_job_uid_output_and_plans_every_step() -> None:
-    decision = reconcile(job(), Observation(NOW), CONFIG)
+    decision = reconciled(job(), Observation(NOW), CONFIG)
     (submit,) = [a for a in decision.actions if isinstance(a, SubmitRun)]
     assert submit.request.key == "uid-1"
     assert submit.request.output == "file:///outputs/ml/digits"
@@ -127,13 +127,13 @@ def test_submit_names_the_job_uid_output_and_plans_every_step() -> None:
 def test_spec_output_wins_over_the_default() -> None:
     value = spec()
     value["output"] = "s3://bucket/mine/"
-    decision = reconcile(job(value), Observation(NOW), CONFIG)
+    decision = reconciled(job(value), Observation(NOW), CONFIG)
     (submit,) = [a for a in decision.actions if isinstance(a, SubmitRun)]
     assert submit.request.output == "s3://bucket/mine/"
 
 
 def test_invalid_spec_names_the_field_and_rejects_promotion() -> None:
-    decision = reconcile(job(_bad_sparsity()), Observation(NOW), CONFIG)
+    decision = reconciled(job(_bad_sparsity()), Observation(NOW), CONFIG)
     failed = find_condition(decision.status, "Succeeded")
     assert failed is not None and failed.status == "False"
     assert failed.message.startswith("spec.steps[0].prune.sparsity: ")
@@ -145,9 +145,27 @@ def test_invalid_spec_names_the_field_and_rejects_promotion() -> None:
                for a in warnings)
 
 
+@pytest.mark.parametrize(("section", "key", "value", "where"), [
+    ("promotion", "gates", {"max_accuracy_drop": 0.01},
+     "spec.promotion.gates.max_accuracy_drop"),
+    ("steps", 0, {"prune": {"sparsity": 0.5, "schedule": {"fine_tune_epochs": 1}}},
+     "spec.steps[0].prune.schedule.fine_tune_epochs")])
+def test_a_snake_case_key_is_refused_like_the_cli_refuses_it(
+        section: str, key: str | int, value: dict[str, Any], where: str) -> None:
+    """The CRD prunes keys it does not know, so a snake_case spelling would be dropped on
+    the cluster: the operator names it as the CLI does instead of running without it."""
+    value_ = spec()
+    value_[section][key] = value
+    decision = reconciled(job(value_), Observation(NOW), CONFIG)
+    failed = find_condition(decision.status, "Succeeded")
+    assert failed is not None and (failed.status, failed.reason) == ("False", INVALID_SPEC)
+    assert failed.message == f"{where}: unknown field"
+    assert _kinds(decision.actions) == []
+
+
 def test_invalid_spec_fixed_by_an_edit_is_submitted() -> None:
-    failed = reconcile(job(_bad_sparsity()), Observation(NOW), CONFIG).status.to_wire()
-    decision = reconcile(job(spec(), failed, generation=2), Observation(NOW), CONFIG)
+    failed = reconciled(job(_bad_sparsity()), Observation(NOW), CONFIG).status.to_wire()
+    decision = reconciled(job(spec(), failed, generation=2), Observation(NOW), CONFIG)
     assert _kinds(decision.actions) == ["SubmitRun"]
     assert decision.status.phase == "Pending"
     assert decision.status.finished_at is None
@@ -161,7 +179,7 @@ def test_failing_step_is_named_with_its_error() -> None:
                                "report")])
     observed = Observation(NOW, run=run("Failed", failed_step="prune",
                                         message="sparsity too high", steps=steps))
-    decision = reconcile(job(status=before), observed, CONFIG)
+    decision = reconciled(job(status=before), observed, CONFIG)
     message = find_condition(decision.status, "Succeeded").message  # type: ignore[union-attr]
     assert message == "step prune failed: sparsity too high"
     phases = {s.name: s.phase for s in decision.status.steps}
@@ -173,7 +191,7 @@ def test_failing_step_is_named_with_its_error() -> None:
 def test_running_names_the_running_step_and_keeps_its_start() -> None:
     steps = [StepStatus(name="fetch", phase="Succeeded"), StepStatus(name="prune",
                                                                      phase="Running")]
-    decision = reconcile(job(status=in_flight()), Observation(NOW, run=run("Running",
+    decision = reconciled(job(status=in_flight()), Observation(NOW, run=run("Running",
                                                                            steps=steps)),
                          CONFIG)
     assert find_condition(decision.status, "Succeeded").message == "running prune"  # type: ignore[union-attr]
@@ -182,7 +200,7 @@ def test_running_names_the_running_step_and_keeps_its_start() -> None:
 
 def test_success_fills_results_steps_and_artifacts() -> None:
     found = run_results()
-    decision = reconcile(job(status=in_flight()),
+    decision = reconciled(job(status=in_flight()),
                          Observation(NOW, run=run("Succeeded", finished_at=NOW), results=found),
                          CONFIG)
     assert decision.status.results == found.results
@@ -194,7 +212,7 @@ def test_success_fills_results_steps_and_artifacts() -> None:
 
 
 def test_generation_is_observed_even_without_change() -> None:
-    decision = reconcile(job(status=succeeded(), generation=3), Observation(NOW), CONFIG)
+    decision = reconciled(job(status=succeeded(), generation=3), Observation(NOW), CONFIG)
     assert decision.status.observed_generation == 3
 
 
@@ -230,7 +248,7 @@ def test_promotion_on_success(promotion: dict[str, Any], annotations: dict[str, 
                               config: Config, decision: str, reason: str,
                               actions: list[str]) -> None:
     observed = Observation(NOW, run=run("Succeeded"), results=run_results())
-    result = reconcile(job(spec(**promotion) if promotion else spec(gates={}), in_flight(),
+    result = reconciled(job(spec(**promotion) if promotion else spec(gates={}), in_flight(),
                            annotations=annotations), observed, config)
     assert result.status.phase == "Succeeded"
     assert result.status.promotion is not None
@@ -242,7 +260,7 @@ def test_promotion_on_success(promotion: dict[str, Any], annotations: dict[str, 
 def test_promote_action_carries_output_target_and_service() -> None:
     observed = Observation(NOW, run=run("Succeeded"), results=run_results())
     config = Config(default_output=CONFIG.default_output, kserve_enabled=True)
-    result = reconcile(job(spec(target=TARGET), in_flight(),
+    result = reconciled(job(spec(target=TARGET), in_flight(),
                            annotations={"modelpress.io/inference-service": "serving/digits"}),
                        observed, config)
     (promote,) = [a for a in result.actions if isinstance(a, Promote)]
@@ -253,7 +271,7 @@ def test_rejection_lists_every_failed_gate() -> None:
     promotion = {"gates": {"minCompressionRatio": 10.0, "maxAccuracyDrop": 0.0001,
                            "minSpeedup": {"cpu": 3.0}}}
     observed = Observation(NOW, run=run("Succeeded"), results=run_results())
-    result = reconcile(job(spec(**promotion), in_flight()), observed, CONFIG)
+    result = reconciled(job(spec(**promotion), in_flight()), observed, CONFIG)
     assert result.status.promotion is not None
     assert len(result.status.promotion.reasons) == 3
     message = find_condition(result.status, "Promoted").message  # type: ignore[union-attr]
@@ -282,7 +300,7 @@ REJUDGE = [
 def test_editing_promotion_rejudges_stored_results_without_rerunning(
         before: dict[str, Any], promotion: dict[str, Any], decision: str, reason: str,
         actions: list[str]) -> None:
-    result = reconcile(job(spec(**promotion), succeeded(promotion=before), generation=2),
+    result = reconciled(job(spec(**promotion), succeeded(promotion=before), generation=2),
                        Observation(NOW), CONFIG)
     assert result.status.phase == "Succeeded"
     assert result.status.promotion is not None
@@ -296,7 +314,7 @@ def test_unfinished_promotion_is_retried_without_a_spec_change() -> None:
     before = succeeded(promotion={"decision": "Pending", "reasons": []}, conditions=[
         condition("Succeeded", "True", "RunSucceeded"),
         condition("Promoted", "False", "PromotionFailed")])
-    result = reconcile(job(spec(target=TARGET), before), Observation(NOW), CONFIG)
+    result = reconciled(job(spec(target=TARGET), before), Observation(NOW), CONFIG)
     assert _kinds(result.actions) == ["Promote"]
     assert not [a for a in result.actions if isinstance(a, EmitEvent)]
 
@@ -305,11 +323,11 @@ def test_unfinished_promotion_is_retried_without_a_spec_change() -> None:
 
 
 def test_events_follow_condition_transitions_only() -> None:
-    first = reconcile(job(status=in_flight("Pending")), Observation(NOW, run=run("Running")),
+    first = reconciled(job(status=in_flight("Pending")), Observation(NOW, run=run("Running")),
                       CONFIG)
     events = [a for a in first.actions if isinstance(a, EmitEvent)]
     assert [(e.type, e.reason) for e in events] == [("Normal", "Running")]
-    again = reconcile(job(status=first.status.to_wire()),
+    again = reconciled(job(status=first.status.to_wire()),
                       Observation(NOW, run=run("Running")), CONFIG)
     assert not [a for a in again.actions if isinstance(a, EmitEvent)]
 
@@ -319,23 +337,23 @@ def _events(actions: list[Any]) -> list[tuple[str, str]]:
 
 
 def test_a_failed_job_says_so_in_one_warning() -> None:
-    result = reconcile(job(status=in_flight()), Observation(NOW, run=run(
+    result = reconciled(job(status=in_flight()), Observation(NOW, run=run(
         "Failed", failed_step="quantize", message="no calibration")), CONFIG)
     assert _events(result.actions) == [("Warning", "StepFailed")]
     assert _reason(result.status, "Promoted") == "JobFailed"  # in the status, not an Event
 
 
 def test_an_invalid_spec_gets_one_warning_naming_the_field() -> None:
-    result = reconcile(job(_bad_sparsity()), Observation(NOW), CONFIG)
+    result = reconciled(job(_bad_sparsity()), Observation(NOW), CONFIG)
     (event,) = [a for a in result.actions if isinstance(a, EmitEvent)]
     assert (event.type, event.reason) == ("Warning", "InvalidSpec")
     assert event.message.startswith("spec.steps[0].prune.sparsity: ")
 
 
 def test_awaiting_a_promotion_decision_is_no_event_but_the_decision_is() -> None:
-    queued = reconcile(job(), Observation(NOW, slot_free=False), CONFIG)
+    queued = reconciled(job(), Observation(NOW, slot_free=False), CONFIG)
     assert _events(queued.actions) == [("Normal", "Queued")]
-    done = reconcile(job(status=in_flight()),
+    done = reconciled(job(status=in_flight()),
                      Observation(NOW, run=run("Succeeded"), results=run_results()), CONFIG)
     assert ("Normal", "GatesPassed") in _events(done.actions)
 
@@ -344,14 +362,14 @@ def test_awaiting_a_promotion_decision_is_no_event_but_the_decision_is() -> None
 
 
 def test_accept_queues_a_valid_new_job_without_a_backend() -> None:
-    status = accept(job(generation=3), NOW, CONFIG)
+    status = accepted(job(generation=3), NOW, CONFIG)
     assert status.phase == "Pending" and status.run_id is None
     assert status.observed_generation == 3
     assert _reason(status) == "Queued" and _reason(status, "Promoted") == "AwaitingResults"
 
 
 def test_accept_fails_an_invalid_job_at_once_naming_the_field() -> None:
-    status = accept(job(_bad_sparsity()), NOW, CONFIG)
+    status = accepted(job(_bad_sparsity()), NOW, CONFIG)
     assert status.phase == "Failed" and _reason(status) == "InvalidSpec"
     assert find_condition(status, "Succeeded").message.startswith(  # type: ignore[union-attr]
         "spec.steps[0].prune.sparsity: ")
@@ -360,25 +378,25 @@ def test_accept_fails_an_invalid_job_at_once_naming_the_field() -> None:
 
 def test_an_accepted_job_found_at_the_cap_needs_no_second_write() -> None:
     """The sync after the intake, with every slot taken, changes nothing."""
-    accepted = accept(job(), NOW, CONFIG)
-    later = reconcile(job(status=accepted.to_wire()), Observation(NOW, slot_free=False), CONFIG)
-    assert later.status == accepted
+    first = accepted(job(), NOW, CONFIG)
+    later = reconciled(job(status=first.to_wire()), Observation(NOW, slot_free=False), CONFIG)
+    assert later.status == first
     assert later.actions == []
 
 
 def test_an_accepted_job_is_submitted_by_the_next_sync_when_a_slot_is_free() -> None:
-    accepted = accept(job(), NOW, CONFIG).to_wire()
-    decision = reconcile(job(status=accepted), Observation(NOW), CONFIG)
+    first = accepted(job(), NOW, CONFIG).to_wire()
+    decision = reconciled(job(status=first), Observation(NOW), CONFIG)
     assert _kinds(decision.actions) == ["SubmitRun"]
 
 
 def test_transition_time_moves_only_when_condition_status_changes() -> None:
     before = in_flight()
-    result = reconcile(job(status=before), Observation(NOW, run=run("Running")), CONFIG)
+    result = reconciled(job(status=before), Observation(NOW, run=run("Running")), CONFIG)
     running = find_condition(result.status, "Succeeded")
     assert running is not None and running.reason == "Running"
     assert running.last_transition_time == EARLIER  # Unknown -> Unknown: same transition
-    done = reconcile(job(status=result.status.to_wire()),
+    done = reconciled(job(status=result.status.to_wire()),
                      Observation(NOW, run=run("Succeeded"), results=run_results()), CONFIG)
     assert find_condition(done.status, "Succeeded").last_transition_time == NOW  # type: ignore[union-attr]
     assert transition_events(result.status, result.status) == []
@@ -418,18 +436,33 @@ def test_a_job_may_not_write_outside_the_allowed_roots(tmp_path: Path, field: st
     value = spec(**({"target": uri} if field == "target" else {}))
     if field == "output":
         value["output"] = uri
-    for status in (accept(job(value), NOW, config),
-                   reconcile(job(value), Observation(NOW), config).status):
+    for status in (accepted(job(value), NOW, config),
+                   reconciled(job(value), Observation(NOW), config).status):
         assert status.phase == "Failed" and _reason(status) == "InvalidSpec"
         message = find_condition(status, "Succeeded").message  # type: ignore[union-attr]
         assert message == f"{where}: {uri} lies outside the allowed roots"
+
+
+@pytest.mark.parametrize(("field", "where"), [
+    ("output", "spec.output"), ("target", "spec.promotion.target")])
+def test_a_file_uri_naming_another_host_fails_the_job(field: str, where: str) -> None:
+    """file://host/x is no folder on this machine: refused naming the field, not raised."""
+    uri = "file://elsewhere/models"
+    value = spec(**({"target": uri} if field == "target" else {}))
+    if field == "output":
+        value["output"] = uri
+    decision = reconciled(job(value), Observation(NOW), CONFIG)
+    failed = find_condition(decision.status, "Succeeded")
+    assert failed is not None and failed.reason == INVALID_SPEC
+    assert failed.message.startswith(f"{where}: {uri} names host 'elsewhere'")
+    assert _kinds(decision.actions) == []
 
 
 def test_a_job_writing_under_the_allowed_roots_is_submitted(tmp_path: Path) -> None:
     config = _confined(tmp_path)
     value = spec(target=f"file://{tmp_path}/allowed/prod")
     value["output"] = f"file://{tmp_path}/allowed/runs/../out"
-    decision = reconcile(job(value), Observation(NOW), config)
+    decision = reconciled(job(value), Observation(NOW), config)
     assert _kinds(decision.actions) == ["SubmitRun"]
 
 
@@ -437,7 +470,7 @@ def test_an_edit_aiming_the_promotion_outside_the_roots_is_rejected(tmp_path: Pa
     config = _confined(tmp_path)
     finished = succeeded()
     value = spec(target=f"file://{tmp_path}/elsewhere")
-    decision = reconcile(job(value, finished, generation=2), Observation(NOW), config)
+    decision = reconciled(job(value, finished, generation=2), Observation(NOW), config)
     assert decision.status.phase == "Succeeded"
     assert decision.status.promotion is not None
     assert decision.status.promotion.decision == "Rejected"
