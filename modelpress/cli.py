@@ -1,26 +1,33 @@
 """The `modelpress` command. Rooms are imported lazily so `modelpress crd` starts fast.
 
-Exit codes: 0 done, 1 a step failed, 2 bad input (one line naming the field or file).
+Exit codes: 0 done (gates passed, or none set), 1 a step failed, 2 bad input (one line naming
+the field or file), 3 the job's promotion gates failed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from modelpress.errors import InvalidInput, ModelpressError, StepFailed, one_line
+from modelpress.errors import InvalidInput, ModelpressError, one_line
+
+if TYPE_CHECKING:
+    from modelpress.api import CompressionJob
+    from modelpress.gates import Verdict
+    from modelpress.records import ResultsDocument
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Compress trained models and prove they are still good enough to ship.")
@@ -76,7 +83,7 @@ def verify(output: Annotated[str, typer.Argument(help="A job's output folder or 
     from modelpress.store import open_store
 
     lineage = _guarded(lambda: verify_outputs(open_store(output)))
-    console.print(f"{len(lineage['artifacts'])} artifacts match lineage.json", highlight=False)
+    console.print(f"{len(lineage.artifacts)} artifacts match lineage.json", highlight=False)
 
 
 @app.command("operator")
@@ -93,40 +100,64 @@ def operator_command(
     _guarded(lambda: run_operator(backend, namespace, all_namespaces, metrics_port))
 
 
-def _output_for(job: Any, output: str | None) -> str:
+def _output_for(job: Any, output: str | None) -> tuple[str, str]:
+    """Where the run publishes, and the name of the setting that chose it."""
     if output:
-        return output
+        return output, "--output"
     if job.spec.output:
-        return str(job.spec.output)
-    return str(Path("modelpress-out") / job.metadata.name)
+        return str(job.spec.output), "spec.output"
+    return str(Path("modelpress-out") / job.metadata.name), "--output"
 
 
-@app.command()
+def _job_inputs(job: Any) -> dict[str, str]:
+    """Every location the job reads, by field."""
+    inputs = {"spec.model.uri": job.spec.model.uri}
+    inputs |= {f"spec.data.{name}": uri
+               for name, uri in job.spec.data.model_dump(exclude_none=True).items()}
+    return inputs
+
+
+@app.command(epilog="Exit codes: 0 done (gates passed, or none set), 1 a step failed, "
+                    "2 bad input (one line naming the field or file), 3 gates failed.")
 def run(job_file: JobArgument,
         output: Annotated[str | None, typer.Option(
             "--output", "-o", help="Folder or s3:// uri for the artifacts.")] = None) -> None:
-    """Run the whole job on this machine (kfp.local) and publish its artifacts."""
-    from modelpress.components.fetch import check_inputs
+    """Run the whole job on this machine (kfp.local), publish its artifacts and judge its
+    promotion gates like the operator does."""
     from modelpress.jobfile import load_job
-    from modelpress.store import check_destination
+    from modelpress.outputs import check_output, output_lock
+    from modelpress.records import read_results_document
 
     job = _guarded(lambda: load_job(job_file))
-    _guarded(lambda: check_inputs(job.spec))
-    destination = _output_for(job, output)
-    from_spec = not output and job.spec.output
-    _guarded(lambda: check_destination(destination, "spec.output" if from_spec else "--output"))
-    began = time.perf_counter()
-    _guarded(lambda: _run_with_progress(job, destination))
-    wall_seconds = time.perf_counter() - began
-    document = _guarded(lambda: _read_results(destination))
+    destination, where = _output_for(job, output)
+    _guarded(lambda: check_output(destination, where, _job_inputs(job)))
+    with contextlib.ExitStack() as held:
+        _guarded(lambda: held.enter_context(output_lock(destination, where)))
+        _preflight(job)
+        began = time.perf_counter()
+        _guarded(lambda: _run_stoppably(job, destination))
+        wall_seconds = time.perf_counter() - began
+        document = _guarded(lambda: read_results_document(destination))
     _print_summary(document, wall_seconds)
+    verdict = _print_verdict(job, document)
     sys.stdout.write(json.dumps({"output": destination, "wallSeconds": round(wall_seconds, 2),
-                                 "computeSeconds": round(_compute_seconds(document), 2),
-                                 **document["results"]}) + "\n")
+                                 "computeSeconds": round(document.compute_seconds, 2),
+                                 **document.results.to_wire()}) + "\n")
+    if verdict.decision == "Rejected":
+        raise typer.Exit(3)
 
 
-def _run_with_progress(job: Any, destination: str) -> None:
-    from modelpress.pipelines.local import run_local
+def _preflight(job: Any) -> None:
+    """Everything the fetch step would refuse, refused before any step runs."""
+    from modelpress.components.fetch import check_inputs
+
+    for note in _guarded(lambda: check_inputs(job.spec)):
+        console.print(f"note: {escape(note)}", highlight=False)
+
+
+def _run_stoppably(job: Any, destination: str) -> None:
+    """Run the pipeline; SIGTERM or SIGINT stops its steps and removes their scratch."""
+    from modelpress.pipelines.local import run_local, stop_steps
 
     with tempfile.TemporaryDirectory(prefix="modelpress-") as scratch:
         events = Path(scratch) / "events.jsonl"
@@ -139,79 +170,113 @@ def _run_with_progress(job: Any, destination: str) -> None:
                 failure.append(error)
 
         worker = threading.Thread(target=target, daemon=True)
-        worker.start()
-        _show_progress(worker, events)
+        with _stop_on_signals() as stopped:
+            worker.start()
+            try:
+                _show_progress(worker, events)
+            except _Stopped:
+                while worker.is_alive():  # a step may start while the last one is stopped
+                    stop_steps()
+                    worker.join(timeout=0.5)
+                console.print(f"[red]stopped[/red] by {stopped[0]}: the running step was "
+                              "ended and its scratch removed", highlight=False)
+                raise typer.Exit(128 + stopped[1]) from None
         if failure:
             raise failure[0]
 
 
+class _Stopped(Exception):
+    """SIGTERM or SIGINT arrived while a run was in flight."""
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Any:
+    """While inside: SIGTERM and SIGINT raise _Stopped in the main thread (the default
+    SIGTERM would end this process at once and orphan the running step)."""
+    caught: list[Any] = []
+
+    def handler(number: int, _frame: Any) -> None:
+        if not caught:
+            caught.extend([signal.Signals(number).name, number])
+            raise _Stopped
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield caught
+    finally:
+        for sig, action in previous.items():
+            signal.signal(sig, action)
+
+
 def _show_progress(worker: threading.Thread, events: Path) -> None:
+    from modelpress.events import read_events
+
     shown = 0
     # A live status line only on a terminal: elsewhere rich would swallow the step lines.
     live = console.status("starting the pipeline…") if console.is_terminal else None
     with live or contextlib.nullcontext():
-        while worker.is_alive() or shown < _count_lines(events):
-            lines = events.read_text().splitlines() if events.is_file() else []
-            for line in lines[shown:]:
-                event = json.loads(line)
-                if event["event"] == "started":
+        while worker.is_alive() or shown < len(read_events(events)):
+            seen = read_events(events)
+            for event in seen[shown:]:
+                if event.event == "started":
                     if live is not None:
-                        live.update(f"running [bold]{event['step']}[/bold]…")
-                elif event["event"] == "finished":
-                    console.print(f"[green]✓[/green] {event['step']:<16} "
-                                  f"{event['seconds']:7.2f} s ", escape(str(event["message"])),
+                        live.update(f"running [bold]{escape(event.step)}[/bold]…")
+                elif event.event == "finished":
+                    console.print(f"[green]✓[/green] {escape(event.step):<16} "
+                                  f"{event.seconds or 0.0:7.2f} s ", escape(event.message),
                                   highlight=False)
                 else:
-                    console.print(f"[red]✗[/red] {event['step']:<16}",
-                                  escape(str(event["message"])), highlight=False)
-            shown = len(lines)
+                    console.print(f"[red]✗[/red] {escape(event.step):<16}",
+                                  escape(event.message), highlight=False)
+            shown = len(seen)
             worker.join(timeout=0.2)
 
 
-def _count_lines(path: Path) -> int:
-    return len(path.read_text().splitlines()) if path.is_file() else 0
-
-
-def _read_results(destination: str) -> dict[str, Any]:
-    from modelpress.store import open_store
-
-    with tempfile.TemporaryDirectory() as scratch:
-        local = open_store(destination).get_file("results.json", Path(scratch) / "results.json")
-        document: dict[str, Any] = json.loads(local.read_text())
-    if "results" not in document:
-        raise StepFailed("report", f"{destination}/results.json has no results")
-    return document
-
-
-def _compute_seconds(document: dict[str, Any]) -> float:
-    return float(sum(step["durationSeconds"] for step in document["steps"]))
-
-
-def _print_summary(document: dict[str, Any], wall_seconds: float) -> None:
-    results = document["results"]
+def _print_summary(document: ResultsDocument, wall_seconds: float) -> None:
+    results = document.results
+    base, comp = results.baseline, results.compressed
     table = Table(title="modelpress results")
     table.add_column("figure")
     table.add_column("baseline", justify="right")
     table.add_column("compressed", justify="right")
-    base, comp = results["baseline"], results["compressed"]
-    table.add_row("size (bytes)", f"{base['sizeBytes']:,}", f"{comp['sizeBytes']:,}")
-    table.add_row("nonzero parameters", f"{base['nonzeroParameters']:,}",
-                  f"{comp['nonzeroParameters']:,}")
-    table.add_row(base["metric"]["name"], f"{base['metric']['value']:.4f}",
-                  f"{comp['metric']['value']:.4f}")
-    for pool, latency in comp["latencyMs"].items():
-        table.add_row(f"p50 latency {pool} (ms)", f"{base['latencyMs'][pool]['p50']:.3f}",
-                      f"{latency['p50']:.3f}")
+    table.add_row("size (bytes)", f"{base.size_bytes:,}", f"{comp.size_bytes:,}")
+    table.add_row("nonzero parameters", f"{base.nonzero_parameters or base.parameters:,}",
+                  f"{comp.nonzero_parameters or comp.parameters:,}")
+    table.add_row(escape(base.metric.name), f"{base.metric.value:.4f}",
+                  f"{comp.metric.value:.4f}")
+    for name, latency in comp.latency_ms.items():
+        table.add_row(f"p50 latency {escape(name)} (ms)", f"{base.latency_ms[name].p50:.3f}",
+                      f"{latency.p50:.3f}")
     console.print(table)
-    compute = _compute_seconds(document)
-    console.print(f"compression ratio {results['compressionRatio']:.2f}x, accuracy drop "
-                  f"{results['accuracyDrop']:.4f}, speedup {results['speedup']}", highlight=False)
+    compute = document.compute_seconds
+    console.print(f"compression ratio {results.compression_ratio:.2f}x, accuracy drop "
+                  f"{results.accuracy_drop:.4f}, speedup {results.speedup}", highlight=False)
     console.print(f"wall {wall_seconds:.1f} s, steps' own compute {compute:.1f} s, orchestration "
                   f"overhead {1 - compute / wall_seconds:.0%}", highlight=False)
-    for pool in results["benchmarks"]:
-        if not pool["available"]:
-            console.print(f"pool {pool['pool']}: unavailable ({pool['reason']})", highlight=False)
-    console.print(f"artifacts: {document['artifacts']['report']}", highlight=False)
+    for pool in results.benchmarks:
+        if not pool.available:
+            console.print(f"pool {pool.pool}: unavailable ({pool.reason})", highlight=False)
+    console.print(f"artifacts: {document.artifacts.report}", highlight=False)
+
+
+def _print_verdict(job: CompressionJob, document: ResultsDocument) -> Verdict:
+    """Judge the gates with the operator's code; print the decision and every failure."""
+    from modelpress.gates import gates_set, judge
+
+    promotion = job.spec.promotion
+    verdict = judge(document.results, promotion)
+    if not gates_set(promotion):
+        console.print("promotion: no gates set (spec.promotion.gates / condition)",
+                      highlight=False)
+    elif verdict.decision == "Rejected":
+        console.print("[red]promotion: REJECTED[/red], failed gates:", highlight=False)
+        for reason in verdict.reasons:
+            console.print(f"  [red]✗[/red] {escape(reason)}", highlight=False)
+    else:
+        console.print("[green]promotion: gates passed[/green]:", highlight=False)
+        for reason in verdict.reasons:
+            console.print(f"  [green]✓[/green] {escape(reason)}", highlight=False)
+    return verdict
 
 
 if __name__ == "__main__":

@@ -5,69 +5,140 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 from modelpress.api import CompressionJob
-from modelpress.components.ops_runtime import EVENTS_ENV
-from modelpress.errors import StepFailed, one_line
+from modelpress.errors import StepFailed
+from modelpress.events import EVENTS_ENV, capped, failed_step, failure_message, read_events
 from modelpress.pipelines.build import build_pipeline
+from modelpress.settings import get_settings
+
+# How long a step may take to end after SIGTERM before it is killed.
+STOP_GRACE_SECONDS = 3.0
 
 
 def run_local(job: CompressionJob, output: str, workdir: Path, events: Path) -> str:
-    """Run the whole pipeline; returns the kfp.local log. Raises StepFailed on failure."""
+    """Run the whole pipeline; returns the kfp.local log. Raises StepFailed on failure, with
+    the step's own error and the path of the kept log."""
     from kfp import local
 
-    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "workspace").mkdir(parents=True, exist_ok=True)
+    # Both roots inside the run's scratch: kfp.local would otherwise leave a workspace
+    # folder in the system's temporary folder after every run.
     local.init(runner=local.SubprocessRunner(use_venv=False),
-               pipeline_root=str(workdir / "pipeline_root"), raise_on_error=True)
+               pipeline_root=str(workdir / "pipeline_root"),
+               workspace_root=str(workdir / "workspace"), raise_on_error=True)
     pipeline = build_pipeline(job, output)
     log = io.StringIO()
-    # Steps run as `python -m …` in this process's folder; from a modelpress checkout its
-    # operator/ folder would shadow the standard library's `operator` without safe paths.
-    overrides = {EVENTS_ENV: str(events), "PYTHONSAFEPATH": "1"}
+    try:
+        with _step_environment(workdir, events), contextlib.redirect_stdout(log), \
+                contextlib.redirect_stderr(log):
+            pipeline()
+    except RuntimeError:
+        kept = keep_log(job.metadata.name, log.getvalue())
+        raise StepFailed(failed_step(read_events(events)) or "pipeline",
+                         f"{_problem(events, log.getvalue())} (log: {kept})") from None
+    return log.getvalue()
+
+
+@contextlib.contextmanager
+def _step_environment(workdir: Path, events: Path) -> Iterator[None]:
+    """What every step process inherits: the events file, safe import paths (from a
+    checkout, operator/ would shadow the standard library's module), and a temporary
+    folder inside the run's scratch, so stopping a run removes what its steps left."""
+    temporary = workdir / "tmp"
+    temporary.mkdir(exist_ok=True)
+    overrides = {EVENTS_ENV: str(events), "PYTHONSAFEPATH": "1", "TMPDIR": str(temporary)}
     previous = {name: os.environ.get(name) for name in overrides}
     os.environ.update(overrides)
     try:
-        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            pipeline()
-    except RuntimeError as error:
-        problem = _last_error(events) or _last_exception(log.getvalue()) or (
-            f"its process ended without reporting a result (killed, or out of memory?): "
-            f"{one_line(str(error))}")
-        raise StepFailed(_failed_step(events) or "pipeline", problem) from None
+        yield
     finally:
         for name, value in previous.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-    return log.getvalue()
 
 
-def _events(events: Path) -> list[dict[str, object]]:
-    import json
-
-    if not events.is_file():
-        return []
-    return [json.loads(line) for line in events.read_text().splitlines() if line.strip()]
-
-
-def _failed_step(events: Path) -> str | None:
-    started = [e["step"] for e in _events(events) if e["event"] == "started"]
-    finished = {e["step"] for e in _events(events) if e["event"] == "finished"}
-    unfinished = [step for step in started if step not in finished]
-    return str(unfinished[-1]) if unfinished else None
+def _problem(events: Path, log: str) -> str:
+    """What went wrong, from the step's own report, else the last exception its process
+    printed; a process that printed neither was killed (a signal or out of memory)."""
+    reported = failure_message(read_events(events))
+    if reported:
+        return reported
+    printed = last_exception(log)
+    if printed:
+        return capped(printed)
+    return "its process ended without reporting an error or printing one (killed by a signal, " \
+           "or out of memory?)"
 
 
-def _last_exception(log: str) -> str | None:
-    """The last `SomeError: message` line a step printed (an unexpected failure)."""
-    import re
-
-    plain = re.sub(r"\x1b\[[0-9;]*m", "", log)
-    found = re.findall(r"^\s*([\w.]+(?:Error|Exception): .+)$", plain, flags=re.MULTILINE)
-    return found[-1].strip() if found else None
+_FRAME = re.compile(r"^\s")
 
 
-def _last_error(events: Path) -> str | None:
-    failures = [e for e in _events(events) if e["event"] == "failed"]
-    return str(failures[-1]["message"]) if failures else None
+def last_exception(log: str) -> str | None:
+    """The `Type: message` line that ends the last traceback in `log`."""
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", log).splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent")]
+    if not starts:
+        return None
+    for line in lines[starts[-1] + 1:]:
+        if line.strip() and not _FRAME.match(line):
+            return line.strip()
+    return None
+
+
+def keep_log(job_name: str, log: str) -> Path:
+    """Write a failed run's log where it outlives the run's scratch; its path."""
+    folder = get_settings().cache_dir / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    path = folder / f"{job_name}-{stamp}-{os.getpid()}.log"
+    path.write_text(log, encoding="utf-8")
+    return path
+
+
+def stop_steps(grace_seconds: float = STOP_GRACE_SECONDS) -> None:
+    """End every process this one started (the running step and anything it started):
+    SIGTERM, then SIGKILL for whatever is still there after `grace_seconds`."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        running = _descendants(os.getpid())
+        for pid in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace_seconds
+        while running and time.monotonic() < deadline:
+            running = [pid for pid in running if _alive(pid)]
+            time.sleep(0.05)
+        if not running:
+            return
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process below `pid`, from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = (entry / "stat").read_text()
+                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], {pid}
+    while frontier:
+        children = {child for child, parent in parents.items() if parent in frontier}
+        found += sorted(children)
+        frontier = children
+    return found

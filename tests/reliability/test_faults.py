@@ -358,7 +358,8 @@ def escape_attempt(folder: Path, case: Escape) -> Outcome:
     node[last] = case.uri(folder)
     job = write_job(folder, case.id, spec)
     settings = {"MODELPRESS_ALLOWED_FILE_ROOTS": json.dumps([str(folder / "allowed")])}
-    completed = cli("run", str(job), "--output", str(folder / "out"), cwd=folder,
+    # The output is allowed: the CLI checks it before the inputs, and the input is the case.
+    completed = cli("run", str(job), "--output", str(folder / "allowed" / "out"), cwd=folder,
                     env=environment(folder, **settings))
     return Outcome(completed, folder)
 
@@ -457,7 +458,7 @@ def test_a_file_outside_the_allowed_roots_is_refused(case: Escape,
                                                      ) -> None:
     outcome = outcomes[case.id].result()
     assert_clean_failure(outcome, 2, case.field, "outside the allowed roots")
-    assert not (outcome.folder / "out").exists(), outcome.shown()
+    assert not (outcome.folder / "allowed" / "out").exists(), outcome.shown()
 
 
 @pytest.mark.parametrize("case", WRITE_ESCAPES, ids=[case.id for case in WRITE_ESCAPES])
