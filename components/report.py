@@ -9,6 +9,7 @@ import html
 import io
 import json
 import tempfile
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -267,6 +268,7 @@ def report(name: str, job_name: str, promotion: Promotion, ledger: Ledger,
     results.json goes last: its presence marks a complete, verifiable set of artifacts.
     """
     with timed() as clock:
+        began = time.perf_counter()
         results = build_results(ledger)
         verdict = verdict_of(results, promotion)
         store = open_store(output)
@@ -284,8 +286,13 @@ def report(name: str, job_name: str, promotion: Promotion, ledger: Ledger,
                                   report=stored[REPORT].uri, results=store.uri(RESULTS),
                                   lineage=store.uri(LINEAGE),
                                   report_url=_presigned(store, REPORT))
-            document = ResultsDocument(results=results, artifacts=artifacts, steps=steps,
-                                       promotion=verdict)
+            # This step's own time so far, so that the steps' compute a reader adds up
+            # includes publishing (all but writing results.json itself).
+            own = StepStatus(name=name, phase="Succeeded", started_at=clock.started_at,
+                             duration_seconds=round(time.perf_counter() - began, 3),
+                             message=f"published to {store.root_uri}")
+            document = ResultsDocument(results=results, artifacts=artifacts,
+                                       steps=[*steps, own], promotion=verdict)
             store.put_file(write_results_document(document, folder / RESULTS), RESULTS)
     return clock.stamp(ReportRecord(
         artifacts=artifacts, promotion=verdict,

@@ -163,14 +163,33 @@ def _trained_digits_cnn_state() -> dict[str, Any]:
 
 def digits(split: str) -> dict[str, np.ndarray]:
     """scikit-learn's bundled digits, scaled to [0, 1], split 80/20 with a fixed seed."""
+    images, target = _digits_arrays()
+    order = np.random.default_rng(0).permutation(len(images))
+    cut = int(len(order) * 0.8)
+    chosen = order[:cut] if split == "train" else order[cut:]
+    return {"x": images[chosen], "y": target[chosen]}
+
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """All digits as (images, labels), cached per scikit-learn version: importing
+    scikit-learn takes seconds, and the pre-flight and the fetch step both read the set."""
+    from importlib.metadata import version
+
+    cache = get_settings().cache_dir / "builtin" / f"digits-{version('scikit-learn')}.npz"
+    if cache.is_file():
+        with np.load(cache, allow_pickle=False) as stored:
+            return stored["images"], stored["target"]
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
     images = (bunch.images / 16.0).astype(np.float32)[:, None, :, :]
-    order = np.random.default_rng(0).permutation(len(images))
-    cut = int(len(order) * 0.8)
-    chosen = order[:cut] if split == "train" else order[cut:]
-    return {"x": images[chosen], "y": bunch.target[chosen].astype(np.int64)}
+    target = bunch.target.astype(np.int64)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=cache.parent, suffix=".npz")
+    os.close(handle)
+    np.savez(temporary, images=images, target=target)
+    os.replace(temporary, cache)  # concurrent readers see the old state or the whole file
+    return images, target
 
 
 def sentences(split: str) -> list[str]:

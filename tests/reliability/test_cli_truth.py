@@ -40,12 +40,14 @@ FAILING_GATES_SPEC: dict[str, Any] = {
 }
 
 
-def _alive(pid: int) -> bool:
+def _identity(pid: int) -> tuple[int, str] | None:
+    """(pid, start time since boot) of a live process: a pid the kernel reuses for a new
+    process is not the one that was seen before."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return False
-    return state != "Z"
+        return None
+    return None if fields[0] == "Z" else (pid, fields[19])
 
 
 def test_failed_gates_exit_3_and_say_which(tmp_path: Path) -> None:
@@ -99,8 +101,8 @@ def test_sigterm_stops_the_step_and_removes_scratch(tmp_path: Path) -> None:
     try:
         wait_for_event(tmp_path, process, "started", "prune")
         time.sleep(0.5)
-        below = descendants(process.pid)
-        steps = [pid for pid in below if "kfp.dsl.executor_main" in " ".join(command_line(pid))]
+        below = [seen for seen in map(_identity, descendants(process.pid)) if seen]
+        steps = [pid for pid, _ in below if "kfp.dsl.executor_main" in " ".join(command_line(pid))]
         os.kill(process.pid, signal.SIGTERM)
     finally:
         completed = finish(process, timeout=120)
@@ -108,8 +110,9 @@ def test_sigterm_stops_the_step_and_removes_scratch(tmp_path: Path) -> None:
     assert completed.returncode == 128 + signal.SIGTERM, completed.stderr[-3000:]
     assert "stopped by SIGTERM" in completed.stderr
     deadline = time.monotonic() + 5
-    while any(_alive(pid) for pid in below) and time.monotonic() < deadline:
+    while any(_identity(seen[0]) == seen for seen in below) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not [pid for pid in below if _alive(pid)], "step processes outlived the run"
+    survivors = [(seen, command_line(seen[0])) for seen in below if _identity(seen[0]) == seen]
+    assert not survivors, f"step processes outlived the run: {survivors}"
     assert list((tmp_path / "tmp").iterdir()) == [], "scratch left behind"
     assert not (tmp_path / "out" / "results.json").exists()
