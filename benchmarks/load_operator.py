@@ -195,6 +195,8 @@ def run(jobs: int, max_runs: int, poll: float, timeout: float, runner: str) -> d
     breakdown = root / "breakdown.json"
     operator = OperatorProcess(root, api, runner=runner, prologue=BREAKDOWN, extra_env={
         "MODELPRESS_MAX_RUNS_IN_FLIGHT": str(max_runs),
+        # Every job of the load lies in one namespace: its cap must not be the tighter one.
+        "MODELPRESS_MAX_RUNS_PER_NAMESPACE": str(max_runs),
         "MODELPRESS_POLL_INTERVAL_SECONDS": str(poll),
         "MODELPRESS_LOAD_BREAKDOWN": str(breakdown)})
     try:

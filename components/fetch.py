@@ -1,16 +1,22 @@
 """Fetch: bring the model and datasets in, check them, and export the fp32 ONNX baseline.
 
-Model files are never unpickled: ONNX, torch.export programs (.pt2), TorchScript, or a
-state_dict read with `weights_only=True` plus an architecture.
+Model files are never unpickled: ONNX, or a state_dict read with `weights_only=True` plus an
+architecture. Programs (torch.export `.pt2`, TorchScript, `python://` code) run code when
+loaded and are read only when model code is trusted (modelpress.trust); even then a `.pt2`
+is read with every pickle inside it held to weights only (`_read_exported`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
+import os
 import pickle
 import shutil
 import tempfile
 import warnings
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -42,6 +48,7 @@ from modelpress.errors import InvalidInput
 from modelpress.lineage import LineageInput
 from modelpress.records import FetchRecord
 from modelpress.store import sha256_of
+from modelpress.trust import PROGRAM_SUFFIXES, program_refusal, require_trusted
 
 MODEL_FIELD = "spec.model.uri"
 BASELINE_ONNX = "baseline.onnx"
@@ -71,11 +78,12 @@ class Inputs:
     notes: list[str]
 
 
-def fetch(spec: CompressionSpec, model_out: Path, data_out: Path) -> FetchRecord:
+def fetch(spec: CompressionSpec, model_out: Path, data_out: Path, *,
+          trust_model_code: bool = False) -> FetchRecord:
     """Write the original working model (plus `baseline.onnx`) and the datasets as .npz,
     after the same checks as `check_inputs` (so a cluster run refuses what the CLI does)."""
     with timed() as clock, tempfile.TemporaryDirectory() as scratch:
-        inputs = read_inputs(spec, Path(scratch))
+        inputs = read_inputs(spec, Path(scratch), trust_model_code)
         for name, dataset in inputs.datasets.items():
             save_arrays(dataset.arrays, data_out / f"{name}.npz")
         evaluation = inputs.datasets["eval"].arrays
@@ -87,21 +95,22 @@ def fetch(spec: CompressionSpec, model_out: Path, data_out: Path) -> FetchRecord
         message="; ".join([f"{spec.model.uri} as {manifest.format}", *inputs.notes])))
 
 
-def check_inputs(spec: CompressionSpec) -> list[str]:
+def check_inputs(spec: CompressionSpec, *, trust_model_code: bool = False) -> list[str]:
     """Everything fetch would refuse, checked up front so bad input fails before any run.
 
     Returns one line per change fetch will make to the data (a cast to the model's input
     type), for the CLI to print. Nothing is exported: a builtin model is not even built.
     """
     with tempfile.TemporaryDirectory() as scratch:
-        return read_inputs(spec, Path(scratch)).notes
+        return read_inputs(spec, Path(scratch), trust_model_code).notes
 
 
-def read_inputs(spec: CompressionSpec, scratch: Path) -> Inputs:
-    """Read the datasets and the model once each; check the steps against the model's
-    format and every dataset against what the model takes."""
+def read_inputs(spec: CompressionSpec, scratch: Path, trusted: bool) -> Inputs:
+    """Refuse programs unless `trusted`; read the datasets and the model once each; check
+    the steps against the model's format and every dataset against what the model takes."""
+    require_trusted(spec, trusted)
     datasets = load_datasets(spec, _tokenizer_of(spec))
-    model = read_model(spec, scratch)
+    model = read_model(spec, scratch, trusted)
     check_step_formats(spec, model.manifest.format)
     signature = model.signature or probe_signature(model.module, datasets["eval"].arrays,
                                                    spec.model.task)
@@ -139,9 +148,10 @@ def load_datasets(spec: CompressionSpec, tokenizer: str | None) -> dict[str, Dat
 # ----------------------------------------------------------------------------- the model
 
 
-def read_model(spec: CompressionSpec, scratch: Path) -> SourceModel:
+def read_model(spec: CompressionSpec, scratch: Path, trusted: bool) -> SourceModel:
     """The model, read once: a builtin is only named (its inputs are known), an ONNX file is
-    loaded and checked, a torch file is loaded without unpickling anything."""
+    loaded and checked, a torch file is loaded without unpickling anything (a program only
+    when `trusted`)."""
     assert_fetchable(spec.model.uri, MODEL_FIELD)
     if spec.model.uri.startswith("builtin://"):
         return _builtin_model(spec)
@@ -155,7 +165,7 @@ def read_model(spec: CompressionSpec, scratch: Path) -> SourceModel:
     digest = sha256_of(local)
     if model_format == "onnx":
         return SourceModel(base, _onnx_signature(local, spec.model.uri), None, local, digest)
-    module, manifest = _read_torch(local, spec, base)
+    module, manifest = _read_torch(local, spec, base, trusted)
     architecture = manifest.architecture or ""
     signature = zoo.SIGNATURES.get(builtin_name(architecture)) \
         if architecture.startswith("builtin://") else None
@@ -171,7 +181,7 @@ def write_model(model: SourceModel, sample: dict[str, Any], out: Path) -> Manife
         shutil.copyfile(model.local, out / BASELINE_ONNX)
     else:
         module = _load_builtin(manifest) if model.module is None else model.module
-        if model.local is not None and model.local.suffix == ".pt2":
+        if model.local is not None and model.local.suffix.lower() == ".pt2":
             module = _traced(module, sample, manifest.inputs)
         save_torch(module, out, manifest)
         export_onnx(module, sample, manifest.inputs, out / BASELINE_ONNX)
@@ -257,19 +267,16 @@ def _onnx_signature(path: Path, uri: str) -> Signature:
     return onnx_signature(model)
 
 
-def _read_torch(path: Path, spec: CompressionSpec, base: Manifest) -> tuple[Any, Manifest]:
+def _read_torch(path: Path, spec: CompressionSpec, base: Manifest,
+                trusted: bool) -> tuple[Any, Manifest]:
     uri = spec.model.uri
-    if path.suffix == ".pt2":
+    program = _program_kind(path)
+    if program and not trusted:  # TorchScript under a data suffix (.pt, .bin) shows only now
+        raise program_refusal(MODEL_FIELD, f"{uri} is {program}")
+    if path.suffix.lower() == ".pt2":
         return _read_exported(path, uri), base.with_format("torchscript")
-    if _is_torchscript(path):
-        import torch
-
-        try:
-            return torch.jit.load(str(path), map_location="cpu").eval(), base.with_format(
-                "torchscript")
-        except RuntimeError as error:
-            raise InvalidInput(MODEL_FIELD, f"{uri} is not a loadable TorchScript file "
-                                            f"({str(error).splitlines()[0]})") from None
+    if program:
+        return _read_torchscript(path, uri), base.with_format("torchscript")
     state = _read_state_dict(path, uri)
     if spec.model.architecture is None:
         raise InvalidInput("spec.model.architecture", f"{uri} is a state_dict; name the module "
@@ -285,11 +292,35 @@ def _read_torch(path: Path, spec: CompressionSpec, base: Manifest) -> tuple[Any,
     return module.eval(), manifest
 
 
+def _program_kind(path: Path) -> str | None:
+    """What program the torch file at `path` is (a `.pt2`, or TorchScript under any
+    suffix), or None for data."""
+    if path.suffix.lower() == ".pt2":
+        return PROGRAM_SUFFIXES[".pt2"]
+    return PROGRAM_SUFFIXES[".ts"] if _is_torchscript(path) else None
+
+
 def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
+    """A zip with TorchScript code or constants in it; names compared without case, as
+    torch's archive reader finds them."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [name.lower() for name in archive.namelist()]
+    except (zipfile.BadZipFile, OSError):
         return False
-    with zipfile.ZipFile(path) as archive:
-        return any("/code/" in name for name in archive.namelist())
+    return any("/code/" in name or name.endswith("constants.pkl") for name in names)
+
+
+def _read_torchscript(path: Path, uri: str) -> Any:
+    """A trusted TorchScript file, read by torch's TorchScript loader (which builds only
+    TorchScript types, never Python objects, and runs the file's own code)."""
+    import torch
+
+    try:
+        return torch.jit.load(str(path), map_location="cpu").eval()
+    except RuntimeError as error:
+        raise InvalidInput(MODEL_FIELD, f"{uri} is not a loadable TorchScript file "
+                                        f"({str(error).splitlines()[0]})") from None
 
 
 def _looks_pickled(path: Path) -> bool:
@@ -320,17 +351,79 @@ def _read_state_dict(path: Path, uri: str) -> dict[str, Any]:
     return state
 
 
+# What a trusted torch.export archive may hold below its root folder (the names of
+# torch.export.pt2_archive): the program as JSON, raw or pickled tensors, text extras.
+# Anything else is refused: AOTInductor libraries (native code), custom and opaque objects
+# (read by pickle itself, not torch.load), the legacy layout.
+_EXPORTED_MEMBERS = ("archive_format", "archive_version", "byteorder", ".data/*",
+                     "models/*.json", "data/weights/*", "data/constants/tensor_*",
+                     "data/constants/*_constants_config.json", "data/sample_inputs/*",
+                     "extra/*")
+_EXPORTED_REFUSED = ("data/constants/custom_obj_*", "data/constants/opaque_obj_*")
+_FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+
+
 def _read_exported(path: Path, uri: str) -> Any:
-    """A torch.export program's module (traced to TorchScript by `write_model`, so later
-    steps can edit its weights)."""
+    """A trusted torch.export program's module (traced to TorchScript by `write_model`, so
+    later steps can edit its weights).
+
+    torch.export.load unpickles some members (sample inputs, some tensors) and, when a
+    weights-only read fails, tries again with plain unpickling. Here only the members
+    `_EXPORTED_MEMBERS` lists may be present, and every torch.load is held to weights only,
+    so no path ends in unpickling a Python object.
+    """
     import torch
 
+    strange = _strange_member(path)
+    if strange is not None:
+        raise InvalidInput(MODEL_FIELD, f"{uri} holds {strange!r}, which a torch.export program "
+                                        "read by modelpress may not hold")
     try:
-        program = torch.export.load(str(path))
+        with _weights_only_loads():
+            program = torch.export.load(str(path))
+    except pickle.UnpicklingError:
+        raise InvalidInput(MODEL_FIELD, f"{uri} holds a pickled Python object; modelpress "
+                                        "never unpickles models, even trusted ones") from None
     except Exception as error:  # torch raises many types for a corrupt archive
         raise InvalidInput(MODEL_FIELD, f"{uri} is not a loadable torch.export program "
                                         f"({type(error).__name__})") from None
     return program.module()
+
+
+def _strange_member(path: Path) -> str | None:
+    """The first member of the archive that `_EXPORTED_MEMBERS` does not allow, or None."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return None  # not a zip: torch.export.load says so
+    return next((name for name in names if not _allowed_member(name)), None)
+
+
+def _allowed_member(name: str) -> bool:
+    """Whether `root/member` is an allowed member (without case, as torch's reader finds
+    members; no `.`/`..` parts, which a reader might resolve elsewhere)."""
+    root, _, member = name.lower().partition("/")
+    if not root or "\\" in member or {"", ".", ".."} & set(member.split("/")):
+        return False
+    if any(fnmatch.fnmatchcase(member, pattern) for pattern in _EXPORTED_REFUSED):
+        return False
+    return any(fnmatch.fnmatchcase(member, pattern) for pattern in _EXPORTED_MEMBERS)
+
+
+@contextlib.contextmanager
+def _weights_only_loads() -> Iterator[None]:
+    """Inside, every torch.load reads weights only, whatever its caller asks for (torch's
+    own TORCH_FORCE_WEIGHTS_ONLY_LOAD)."""
+    previous = os.environ.get(_FORCE_WEIGHTS_ONLY)
+    os.environ[_FORCE_WEIGHTS_ONLY] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(_FORCE_WEIGHTS_ONLY, None)
+        else:
+            os.environ[_FORCE_WEIGHTS_ONLY] = previous
 
 
 def _traced(module: Any, sample: dict[str, Any], names: list[str]) -> Any:

@@ -13,13 +13,14 @@ from kfp import dsl
 from kfp.dsl import Artifact, Input, Model, Output
 
 
-def fetch_op(name: str, spec: str, original: Output[Model], datasets: Output[Artifact],
-             ledger: Output[Artifact]) -> None:
+def fetch_op(name: str, spec: str, trust_model_code: bool, original: Output[Model],
+             datasets: Output[Artifact], ledger: Output[Artifact]) -> None:
     from pathlib import Path
 
     from modelpress.components.ops_runtime import run_fetch
 
-    run_fetch(name, spec, Path(original.path), Path(datasets.path), Path(ledger.path))
+    run_fetch(name, spec, trust_model_code, Path(original.path), Path(datasets.path),
+              Path(ledger.path))
 
 
 def prune_op(name: str, options: str, original: Input[Model], datasets: Input[Artifact],

@@ -95,11 +95,14 @@ def _train(datasets: Path, kind: str) -> Arrays:
     return arrays
 
 
-def run_fetch(name: str, spec: str, original: Path, datasets: Path, ledger: Path) -> None:
+def run_fetch(name: str, spec: str, trust_model_code: bool, original: Path, datasets: Path,
+              ledger: Path) -> None:
+    """`trust_model_code`: whether the model may be a program (decided when the pipeline
+    was built, by the CLI's flag or the operator's setting; modelpress.trust)."""
     from modelpress.components.fetch import fetch
 
     _recorded(name, lambda: ([], fetch(CompressionSpec.model_validate_json(spec), original,
-                                       datasets)), ledger)
+                                       datasets, trust_model_code=trust_model_code)), ledger)
 
 
 def run_prune(name: str, options: str, original: Path, chain: Chain) -> None:

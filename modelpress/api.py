@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AliasGenerator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -25,8 +26,18 @@ API_GROUP = "modelpress.io"
 API_VERSION = "v1alpha1"
 KIND = "CompressionJob"
 
-# No whitespace or control characters: a uri never spans lines or smuggles headers.
-_URI_PATTERN = r"^(s3|https?|file|builtin|hf)://[^\s\x00-\x1f\x7f]+$"
+# No whitespace or control characters: a uri never spans lines or smuggles headers. No
+# userinfo either (no "@" before the path): credentials never ride in a spec, where every
+# status, Event, log line and compiled pipeline would repeat them.
+_URI_CHARACTER = r"[^\s\x00-\x1f\x7f]"
+_URI_AUTHORITY = r"[^\s\x00-\x1f\x7f/?#@]"
+_URI_PATTERN = (rf"^(s3|https?|file|builtin|hf)://({_URI_AUTHORITY}+([/?#]{_URI_CHARACTER}*)?"
+                rf"|[/?#]{_URI_CHARACTER}*)$")
+_USERINFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@")
+# A promotion condition's size: each bracket and ?: conditional is a level of recursion
+# when cel-python evaluates it (its cost is bounded apart, in modelpress.gates).
+MAX_CONDITION_LENGTH = 1024
+MAX_CONDITION_NESTING = 32
 
 
 class Model(BaseModel):
@@ -43,7 +54,25 @@ class Model(BaseModel):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-Uri = Annotated[str, Field(pattern=_URI_PATTERN, max_length=2048)]
+CREDENTIALS_REFUSED = ("a uri may not hold credentials (user:password@ or user@); give them "
+                       "to the platform as a Secret or environment variables")
+
+
+def holds_credentials(uri: str) -> bool:
+    """Whether `uri` carries userinfo (`user:password@`, `user@`) in any scheme."""
+    return _USERINFO.match(uri) is not None
+
+
+def _without_credentials(value: object) -> object:
+    """Refuse userinfo before the pattern says so less clearly; the message never repeats
+    the uri, which holds the secret."""
+    if isinstance(value, str) and holds_credentials(value):
+        raise ValueError(CREDENTIALS_REFUSED)
+    return value
+
+
+Uri = Annotated[str, Field(pattern=_URI_PATTERN, max_length=2048),
+                BeforeValidator(_without_credentials)]
 PoolName = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
 
 
@@ -203,8 +232,49 @@ class Gates(Model):
 
 class Promotion(Model):
     gates: Gates = Field(default_factory=Gates)
-    condition: str | None = Field(default=None, max_length=4096)
+    condition: str | None = Field(default=None, max_length=MAX_CONDITION_LENGTH)
     target: Uri | None = None
+
+    @field_validator("condition")
+    @classmethod
+    def _shallow_condition(cls, condition: str | None) -> str | None:
+        if condition is None:
+            return None
+        brackets, conditionals = _cel_nesting(condition)
+        if brackets > MAX_CONDITION_NESTING:
+            raise ValueError(f"parentheses, brackets and braces nest {brackets} deep; "
+                             f"at most {MAX_CONDITION_NESTING}")
+        if conditionals > MAX_CONDITION_NESTING:
+            raise ValueError(f"{conditionals} ?: conditionals; at most {MAX_CONDITION_NESTING}")
+        return condition
+
+
+def _cel_nesting(condition: str) -> tuple[int, int]:
+    """(deepest bracket nesting, number of ?: conditionals) of a CEL expression, string
+    literals skipped. The count of conditionals bounds how deeply they can nest."""
+    depth = deepest = conditionals = 0
+    quote: str | None = None
+    position = 0
+    while position < len(condition):
+        character = condition[position]
+        if quote is not None:
+            if character == "\\":
+                position += 1  # the escaped character cannot close the literal
+            elif condition.startswith(quote, position):
+                position += len(quote) - 1
+                quote = None
+        elif character in "'\"":
+            quote = character * 3 if condition.startswith(character * 3, position) else character
+            position += len(quote) - 1
+        elif character in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif character in ")]}":
+            depth -= 1
+        elif character == "?":
+            conditionals += 1
+        position += 1
+    return deepest, conditionals
 
 
 class CompressionSpec(Model):
@@ -216,6 +286,10 @@ class CompressionSpec(Model):
     benchmark: Benchmark = Field(default_factory=Benchmark)
     promotion: Promotion = Field(default_factory=Promotion)
     output: Uri | None = None
+    deadline_seconds: int | None = Field(
+        default=None, ge=60, le=604800,
+        description="The longest a run may take, from its start; the operator terminates it "
+                    "then and the job fails (DeadlineExceeded). Capped by the operator.")
 
     @model_validator(mode="after")
     def _steps_fit_together(self) -> CompressionSpec:

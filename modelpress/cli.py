@@ -34,6 +34,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 # Bound to the real stderr now: run_local redirects sys.stderr to capture kfp.local's log.
 console = Console(file=sys.stderr)
 JobArgument = Annotated[Path, typer.Argument(help="A CompressionJob YAML file.")]
+TrustOption = Annotated[bool, typer.Option(
+    "--trust-model-code", help="Accept model formats that are programs: .pt2, TorchScript, "
+    "python:// architectures and students. They run code when loaded; trust the job's author.")]
 
 
 def _fail(error: ModelpressError) -> None:
@@ -63,15 +66,18 @@ def crd() -> None:
 def compile_job(job_file: JobArgument,
                 output: Annotated[Path, typer.Option("-o", "--output", help="IR YAML to write.")],
                 artifacts: Annotated[str, typer.Option(help="Where the run publishes results.")]
-                = "") -> None:
+                = "", trust_model_code: TrustOption = False) -> None:
     """Write the Kubeflow Pipelines IR for a job."""
     from modelpress.jobfile import load_job
+    from modelpress.outputs import check_uri
     from modelpress.pipelines.build import compile_pipeline
 
     job = _guarded(lambda: load_job(job_file))
+    _guarded(lambda: check_uri(artifacts, "--artifacts"))
     destination = artifacts or job.spec.output or f"s3://modelpress/{job.metadata.namespace}/" \
                                                    f"{job.metadata.name}/"
-    compile_pipeline(job, destination, str(output))
+    _guarded(lambda: compile_pipeline(job, destination, str(output),
+                                      trust_model_code=trust_model_code))
     console.print(f"wrote {output}")
 
 
@@ -80,8 +86,10 @@ def verify(output: Annotated[str, typer.Argument(help="A job's output folder or 
            ) -> None:
     """Check every published artifact against the digests in its lineage.json."""
     from modelpress.lineage import verify_outputs
+    from modelpress.outputs import check_uri
     from modelpress.store import open_store
 
+    _guarded(lambda: check_uri(output, "output"))
     lineage = _guarded(lambda: verify_outputs(open_store(output)))
     console.print(f"{len(lineage.artifacts)} artifacts match lineage.json", highlight=False)
 
@@ -121,7 +129,8 @@ def _job_inputs(job: Any) -> dict[str, str]:
                     "2 bad input (one line naming the field or file), 3 gates failed.")
 def run(job_file: JobArgument,
         output: Annotated[str | None, typer.Option(
-            "--output", "-o", help="Folder or s3:// uri for the artifacts.")] = None) -> None:
+            "--output", "-o", help="Folder or s3:// uri for the artifacts.")] = None,
+        trust_model_code: TrustOption = False) -> None:
     """Run the whole job on this machine (kfp.local), publish its artifacts and judge its
     promotion gates like the operator does."""
     from modelpress.jobfile import load_job
@@ -133,9 +142,9 @@ def run(job_file: JobArgument,
     _guarded(lambda: check_output(destination, where, _job_inputs(job)))
     with contextlib.ExitStack() as held:
         _guarded(lambda: held.enter_context(output_lock(destination, where)))
-        _preflight(job)
+        _preflight(job, trust_model_code)
         began = time.perf_counter()
-        _guarded(lambda: _run_stoppably(job, destination))
+        _guarded(lambda: _run_stoppably(job, destination, trust_model_code))
         wall_seconds = time.perf_counter() - began
         document = _guarded(lambda: read_results_document(destination))
     _print_summary(document, wall_seconds)
@@ -147,15 +156,15 @@ def run(job_file: JobArgument,
         raise typer.Exit(3)
 
 
-def _preflight(job: Any) -> None:
+def _preflight(job: Any, trust_model_code: bool) -> None:
     """Everything the fetch step would refuse, refused before any step runs."""
     from modelpress.components.fetch import check_inputs
 
-    for note in _guarded(lambda: check_inputs(job.spec)):
+    for note in _guarded(lambda: check_inputs(job.spec, trust_model_code=trust_model_code)):
         console.print(f"note: {escape(note)}", highlight=False)
 
 
-def _run_stoppably(job: Any, destination: str) -> None:
+def _run_stoppably(job: Any, destination: str, trust_model_code: bool) -> None:
     """Run the pipeline; SIGTERM or SIGINT stops its steps and removes their scratch."""
     from modelpress.pipelines.local import run_local, stop_steps
 
@@ -165,7 +174,8 @@ def _run_stoppably(job: Any, destination: str) -> None:
 
         def target() -> None:
             try:
-                run_local(job, destination, Path(scratch), events)
+                run_local(job, destination, Path(scratch), events,
+                          trust_model_code=trust_model_code)
             except BaseException as error:  # handed to the main thread below
                 failure.append(error)
 

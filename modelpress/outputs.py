@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from modelpress.api import CREDENTIALS_REFUSED, holds_credentials
 from modelpress.errors import InvalidInput, StoreError
 from modelpress.settings import get_settings
 from modelpress.store import check_destination, local_folder
@@ -22,6 +23,7 @@ from modelpress.store import check_destination, local_folder
 def check_output(location: str, where: str, inputs: Mapping[str, str]) -> None:
     """InvalidInput naming `where` when the output is unusable: refused by the store, an
     existing file, or the folder of (or above) one of `inputs` (field -> uri)."""
+    check_uri(location, where)
     check_destination(location, where)
     if location.startswith("s3://"):
         _check_s3_clear_of_inputs(location, where, inputs)
@@ -39,6 +41,13 @@ def check_output(location: str, where: str, inputs: Mapping[str, str]) -> None:
         if source == folder or folder in source.parents:
             raise InvalidInput(where, f"{location} holds {field} ({uri}); publishing there "
                                       "could overwrite it: choose another output folder")
+
+
+def check_uri(location: str, where: str) -> None:
+    """A location given on the command line obeys the spec's rule: no credentials in it
+    (they would land in logs, the run's records and a compiled pipeline)."""
+    if holds_credentials(location):
+        raise InvalidInput(where, CREDENTIALS_REFUSED)
 
 
 def _check_s3_clear_of_inputs(location: str, where: str, inputs: Mapping[str, str]) -> None:

@@ -23,6 +23,23 @@ class Settings(BaseSettings):
     allowed_file_roots: list[Path] = Field(
         default_factory=list, description="When set, file:// uris must lie under one of these."
     )
+    trust_model_code: bool = Field(
+        default=False, description="The operator: accept model formats that are programs "
+        "(.pt2, TorchScript, python:// architectures and students), which run code when "
+        "loaded (modelpress.trust). The CLI takes --trust-model-code instead.")
+    # Untrusted specs: bounded work.
+    cel_budget_seconds: float = Field(
+        default=1.0, gt=0.0, le=60.0,
+        description="Wall time one promotion condition may take to compile and evaluate.")
+    allow_private_http: bool = Field(
+        default=False, description="Let http(s) inputs reach private, loopback and link-local "
+                                   "addresses (refused by default).")
+    http_max_bytes: int = Field(default=2 * 1024**3, ge=1,
+                                description="Most bytes one http(s) input may download.")
+    http_timeout_seconds: float = Field(default=300.0, gt=0.0,
+                                        description="Most wall time one http(s) download takes.")
+    http_read_timeout_seconds: float = Field(
+        default=60.0, gt=0.0, description="Most time an http(s) server may stay silent.")
 
 
 def get_settings() -> Settings:

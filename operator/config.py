@@ -8,6 +8,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from modelpress.settings import get_settings
+from modelpress.tenancy import DEFAULT_PREFIXES
 
 
 def _default_workdir() -> Path:
@@ -22,6 +23,21 @@ class OperatorSettings(BaseSettings):
         description="Where a job without spec.output publishes; may name {namespace}, {name}.")
     max_runs_in_flight: int = Field(default=2, ge=1, le=10000,
                                     description="Jobs beyond this stay Pending (Queued).")
+    max_runs_per_namespace: int = Field(
+        default=2, ge=1, le=10000,
+        description="Runs in flight per namespace; a namespace's jobs beyond it stay Pending "
+                    "(Queued) while other namespaces' jobs may start.")
+    namespace_prefixes: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_PREFIXES),
+        description="Where a job's output, promotion target and s3:// / file:// inputs must "
+                    "lie: s3:// or file:// templates naming {namespace}.")
+    allowed_images: list[str] = Field(
+        default_factory=list, description="Images spec.image may name; empty: only the "
+                                          "step image (MODELPRESS_STEP_IMAGE).")
+    max_deadline_seconds: int = Field(
+        default=6 * 3600, ge=60, le=604800,
+        description="The longest a run may take (spec.deadlineSeconds is capped by it, and a "
+                    "job without one gets it); a run past it is terminated.")
     poll_interval_seconds: float = Field(default=5.0, gt=0.0, le=3600.0)
     local_workdir: Path = Field(default_factory=_default_workdir,
                                 description="Run folders of the local backend.")

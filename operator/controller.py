@@ -21,7 +21,7 @@ from modelpress.errors import ModelpressError
 from modelpress.operator import promotion
 from modelpress.operator.backends.base import Backend, BackendError, RunState
 from modelpress.operator.metrics import JobKey, OperatorMetrics
-from modelpress.operator.promotion import Promote
+from modelpress.operator.promotion import Promote, PromotionRefused
 from modelpress.operator.reconcile import (
     TERMINAL_PHASES,
     Action,
@@ -47,6 +47,7 @@ from modelpress.operator.status import (
     parse_status,
     promoted,
     promotion_failed,
+    promotion_refused,
     status_patch,
     submit_failed,
     submitted,
@@ -54,8 +55,9 @@ from modelpress.operator.status import (
 from modelpress.records import read_results_document
 
 EventSink = Callable[[str, str, str], None]  # (type, reason, message)
-# For how long "every slot is taken" is believed without asking the backend again. A run
-# this operator sees end forgets it at once; this bounds the wait for slots freed elsewhere.
+# For how long "every slot is taken" (overall, or in one namespace) is believed without
+# asking the backend again. A run this operator sees end forgets it at once; this bounds
+# the wait for slots freed elsewhere.
 FULL_FOR_SECONDS = 0.25
 
 
@@ -97,6 +99,8 @@ class Controller:
         self._clock = clock
         self._monotonic = monotonic
         self._full_until = 0.0  # monotonic time until which no slot is free, as last seen
+        # The same for each namespace at its own cap on runs in flight.
+        self._namespace_full_until: dict[str, float] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         # Admission (capacity check + submit) is one critical section across all jobs.
@@ -129,7 +133,7 @@ class Controller:
             self.metrics.record(self._key(job), before, after)
             if after.phase in TERMINAL_PHASES and before.run_id is not None \
                     and before.phase not in TERMINAL_PHASES:
-                self._full_until = 0.0  # its slot is free now
+                self._slot_freed(job.namespace)
             self._written[job.uid] = (job.resource_version, after.to_wire())
             self._recorded.add(job.uid)
             return status_patch(job.status, after)
@@ -152,7 +156,7 @@ class Controller:
             status = parse_status(job.status)
             for action in finalize(job):
                 self._perform(action, status, job, emit)
-                self._full_until = 0.0
+                self._slot_freed(job.namespace)
             self.metrics.forget(self._key(job))
             self._written.pop(job.uid, None)
             self._recorded.discard(job.uid)
@@ -185,7 +189,7 @@ class Controller:
         now = self._clock()
         status = parse_status(job.status)
         if status.run_id is None:
-            return self._observe_capacity(now)
+            return self._observe_capacity(now, job.namespace)
         if status.phase in TERMINAL_PHASES:
             return Observation(now=now)
         try:
@@ -197,18 +201,29 @@ class Controller:
         output = status.artifacts.get("output") or self._output_from_spec(job)
         return self._observe_results(now, run, output)
 
-    def _observe_capacity(self, now: datetime) -> Observation:
+    def _observe_capacity(self, now: datetime, namespace: str) -> Observation:
+        """Whether a run may start under both caps: overall, then the namespace's (asked
+        only when the first has room). Each full cap is remembered for FULL_FOR_SECONDS."""
         try:
-            slot_free = self.backend.has_capacity()
+            if not self.backend.has_capacity():
+                self._full_until = self._monotonic() + FULL_FOR_SECONDS
+                return Observation(now=now, slot_free=False)
+            in_namespace = self.backend.runs_in_namespace(namespace)
         except BackendError as error:
             return Observation(now=now, slot_free=False, backend_error=str(error))
-        if not slot_free:
-            self._full_until = self._monotonic() + FULL_FOR_SECONDS
-        return Observation(now=now, slot_free=slot_free)
+        if in_namespace >= self.config.max_runs_per_namespace:
+            self._namespace_full_until[namespace] = self._monotonic() + FULL_FOR_SECONDS
+            return Observation(now=now, slot_free=False)
+        return Observation(now=now)
+
+    def _slot_freed(self, namespace: str) -> None:
+        """A run of `namespace` ended here: the next queued job may look for a slot."""
+        self._full_until = 0.0
+        self._namespace_full_until.pop(namespace, None)
 
     def _still_queued(self, job: JobView) -> bool:
         """A job left Queued (by this process: its metrics are recorded), its spec
-        unchanged, while every slot is taken.
+        unchanged, while every slot is taken, overall or in its namespace.
 
         Such a sync has nothing to do. Every queued job's timer asks each poll interval,
         and each new job's create handler once; with hundreds queued, reconciling each
@@ -219,7 +234,8 @@ class Controller:
                   and status.get("observedGeneration") == job.generation
                   and any(c.get("type") == SUCCEEDED and c.get("reason") == QUEUED
                           for c in status.get("conditions") or []))
-        return queued and job.uid in self._recorded and self._monotonic() < self._full_until
+        full_until = max(self._full_until, self._namespace_full_until.get(job.namespace, 0.0))
+        return queued and job.uid in self._recorded and self._monotonic() < full_until
 
     def _observe_results(self, now: datetime, run: RunState, output: str | None) -> Observation:
         if output is None:
@@ -237,7 +253,7 @@ class Controller:
             return status
         if isinstance(action, TerminateRun):
             self.backend.terminate(action.run_id)
-            emit("Normal", TERMINATED, f"run {action.run_id} terminated: the job was deleted")
+            emit("Normal", TERMINATED, f"run {action.run_id} terminated: {action.why}")
             return status
         if isinstance(action, SubmitRun):
             after = self._submit(action, status, job)
@@ -260,18 +276,23 @@ class Controller:
                            job: JobView) -> CompressionStatus:
         try:
             self._promote(action, job.namespace)
+        except PromotionRefused as error:
+            return promotion_refused(status, str(error), self._clock())
         except Exception as error:  # any failure of the copy or patch is reported, retried
             self.record_error(job, error)
             return promotion_failed(status, str(error) or type(error).__name__, self._clock())
         return promoted(status, action.target, action.inference_service, self._clock())
 
     def _promote(self, action: Promote, namespace: str) -> None:
+        """Copy, then patch; an InferenceService that has not opted in stops both."""
+        service = action.inference_service
+        if service:
+            promotion.opted_in_service(self._kserve_api, namespace, service)
         if action.target:
             self._copy(action.output, action.target)
-        if action.inference_service:
-            service_namespace, _, name = action.inference_service.rpartition("/")
-            promotion.patch_inference_service(self._kserve_api, service_namespace or namespace,
-                                              name, action.target or action.output)
+        if service:
+            promotion.patch_inference_service(self._kserve_api, namespace, service,
+                                              action.target or action.output)
 
     def _output_from_spec(self, job: JobView) -> str | None:
         parsed = self._checked(job)

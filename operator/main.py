@@ -13,6 +13,7 @@ from modelpress.operator.controller import Controller
 from modelpress.operator.metrics import OperatorMetrics
 from modelpress.operator.reconcile import Config
 from modelpress.settings import get_settings
+from modelpress.tenancy import PROBE_NAMESPACE, expand, outside, template_error
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
@@ -30,6 +31,7 @@ def run_operator(backend: str, namespace: str | None, all_namespaces: bool,
     if namespace and all_namespaces:
         raise InvalidInput("--namespace/--all-namespaces", "give one or the other, not both")
     settings = OperatorSettings()
+    config = operator_config(settings)
     chosen_backend = make_backend(backend, settings)
     kopf.configure(debug=settings.log_debug,
                    log_format=kopf.LogFormat.JSON if settings.log_json else kopf.LogFormat.FULL)
@@ -37,8 +39,6 @@ def run_operator(backend: str, namespace: str | None, all_namespaces: bool,
     metrics = OperatorMetrics()
     prometheus_client.start_http_server(metrics_port, addr=settings.metrics_address,
                                         registry=metrics.registry)
-    config = Config(settings.default_output, settings.kserve_enabled,
-                    tuple(get_settings().allowed_file_roots))
     controller = Controller(chosen_backend, config, metrics,
                             kserve_api=kserve_api() if settings.kserve_enabled else None)
     watched = [] if all_namespaces else [namespace or current_namespace()]
@@ -49,11 +49,34 @@ def run_operator(backend: str, namespace: str | None, all_namespaces: bool,
              loop=uvloop.new_event_loop())
 
 
+def operator_config(settings: OperatorSettings) -> Config:
+    """The reconciler's config; InvalidInput naming the setting when a namespace prefix is
+    unusable or the default output lies outside the prefixes."""
+    for template in settings.namespace_prefixes:
+        problem = template_error(template)
+        if problem:
+            raise InvalidInput("MODELPRESS_NAMESPACE_PREFIXES", problem)
+    probe = settings.default_output.format(namespace=PROBE_NAMESPACE, name="a-job")
+    problem = outside(probe, expand(settings.namespace_prefixes, PROBE_NAMESPACE))
+    if problem:
+        raise InvalidInput("MODELPRESS_DEFAULT_OUTPUT", problem)
+    core = get_settings()
+    return Config(settings.default_output, settings.kserve_enabled,
+                  tuple(core.allowed_file_roots),
+                  namespace_prefixes=tuple(settings.namespace_prefixes),
+                  allowed_images=tuple(settings.allowed_images or [core.step_image]),
+                  max_deadline_seconds=settings.max_deadline_seconds,
+                  max_runs_per_namespace=settings.max_runs_per_namespace,
+                  trust_model_code=core.trust_model_code)
+
+
 def make_backend(name: str, settings: OperatorSettings) -> Backend:
+    trust_model_code = get_settings().trust_model_code
     if name == "local":
         from modelpress.operator.backends.local import LocalBackend
 
-        return LocalBackend(settings.local_workdir, settings.max_runs_in_flight)
+        return LocalBackend(settings.local_workdir, settings.max_runs_in_flight,
+                            trust_model_code=trust_model_code)
     if name == "kfp":
         from modelpress.operator.backends.kfp import KfpBackend
 
@@ -62,7 +85,8 @@ def make_backend(name: str, settings: OperatorSettings) -> Backend:
                           pipeline_root=settings.kfp_pipeline_root,
                           max_runs=settings.max_runs_in_flight,
                           timeout_seconds=settings.kfp_timeout_seconds,
-                          attempts=settings.kfp_attempts, token_path=settings.kfp_token_path)
+                          attempts=settings.kfp_attempts, token_path=settings.kfp_token_path,
+                          trust_model_code=trust_model_code)
     raise InvalidInput("--backend", f"unknown backend {name!r}: choose local or kfp")
 
 

@@ -22,6 +22,7 @@ from modelpress.operator.status import (
     GATES_FAILED,
     GATES_PASSED,
     PROMOTED,
+    SERVICE_REFUSED,
     with_condition,
 )
 from modelpress.store import Store, open_store
@@ -29,14 +30,21 @@ from modelpress.store import Store, open_store
 # What a promoted model consists of: the model and the evidence that it passed.
 PROMOTED_FILES = ("model.onnx", "results.json", "report.html", "lineage.json")
 KSERVE_GROUP, KSERVE_VERSION, KSERVE_PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
-# A job's annotation naming the InferenceService ("name" or "namespace/name") to point at
-# the promoted model.
+# A job's annotation naming the InferenceService ("name", or "namespace/name" with the
+# job's own namespace) to point at the promoted model.
 INFERENCE_SERVICE_ANNOTATION = "modelpress.io/inference-service"
+# The label by which an InferenceService lets modelpress patch it ("enabled").
+PROMOTION_LABEL = "modelpress.io/promotion"
+
+
+class PromotionRefused(Exception):
+    """The InferenceService has not opted in to promotion by modelpress."""
 
 
 @dataclass(frozen=True)
 class Promote:
-    """Copy the output to `target` (when set), then point `inference_service` at it."""
+    """Copy the output to `target` (when set), then point `inference_service` (a name in
+    the job's namespace) at it."""
 
     output: str
     target: str | None
@@ -44,20 +52,19 @@ class Promote:
 
 
 def decide(status: CompressionStatus, promotion: Promotion, annotations: Mapping[str, str],
-           kserve_enabled: bool, output: str,
+           kserve_enabled: bool, output: str, namespace: str,
            now: datetime) -> tuple[CompressionStatus, list[Promote]]:
-    """Judge a succeeded job's results: rejected with every failed gate, promoted at once
-    when there is nothing to do, else Pending with the Promote action that finishes it."""
+    """Judge a succeeded job (in `namespace`) on its results: rejected with every failed
+    gate or for an InferenceService in another namespace, promoted at once when there is
+    nothing to do, else Pending with the Promote action that finishes it."""
     assert status.results is not None
     verdict = gates.judge(status.results, promotion)
     if verdict.decision == "Rejected":
         return rejected(status, GATES_FAILED, verdict.reasons, now), []
     reasons = list(verdict.reasons)
-    service = annotations.get(INFERENCE_SERVICE_ANNOTATION)
-    if service and not kserve_enabled:
-        reasons.append(f"annotation {INFERENCE_SERVICE_ANNOTATION} ignored: KServe patching "
-                       "is not enabled in the operator")
-        service = None
+    service, refusal = _service(annotations, kserve_enabled, namespace, reasons)
+    if refusal:
+        return rejected(status, SERVICE_REFUSED, [*reasons, refusal], now), []
     if promotion.target is None and service is None:
         status = status.model_copy(update={"promotion": PromotionStatus(
             decision="Promoted", reasons=[*reasons, "no promotion.target: nothing copied"])})
@@ -70,6 +77,26 @@ def decide(status: CompressionStatus, promotion: Promotion, annotations: Mapping
     status = status.model_copy(update={"promotion": PromotionStatus(
         decision="Pending", reasons=reasons)})
     return status, [Promote(output=output, target=promotion.target, inference_service=service)]
+
+
+def _service(annotations: Mapping[str, str], kserve_enabled: bool, namespace: str,
+             reasons: list[str]) -> tuple[str | None, str | None]:
+    """The name of the InferenceService to patch (in `namespace`) or None, and why the
+    promotion is refused when the annotation names another namespace. A note joins
+    `reasons` when the annotation is ignored."""
+    named = annotations.get(INFERENCE_SERVICE_ANNOTATION)
+    if not named:
+        return None, None
+    if not kserve_enabled:
+        reasons.append(f"annotation {INFERENCE_SERVICE_ANNOTATION} ignored: KServe patching "
+                       "is not enabled in the operator")
+        return None, None
+    service_namespace, _, name = named.rpartition("/")
+    if service_namespace not in ("", namespace):
+        return None, (f"annotation {INFERENCE_SERVICE_ANNOTATION} names an InferenceService "
+                      f"in namespace {service_namespace}; a job may only promote to one in "
+                      f"its own namespace ({namespace}): nothing was promoted")
+    return name or None, None
 
 
 def rejected(status: CompressionStatus, reason: str, reasons: list[str],
@@ -90,15 +117,29 @@ def copy_to_target(output: str, target: str,
                 destination.put_file(local, key)
 
 
-def patch_inference_service(api: Any, namespace: str, name: str, storage_uri: str) -> None:
-    """Point a KServe InferenceService's predictor at `storage_uri`.
+def opted_in_service(api: Any, namespace: str, name: str) -> dict[str, Any]:
+    """The InferenceService `namespace/name`; PromotionRefused unless it carries the label
+    `modelpress.io/promotion: enabled` (a service's owners opt in, not a job's author).
 
-    `api` is a kubernetes.client.CustomObjectsApi. The predictor's `model` block is the
-    current KServe form; older services name a framework block (`onnx`, `sklearn`, …)
-    that holds `storageUri`, and that one is patched instead.
+    `api` is a kubernetes.client.CustomObjectsApi.
     """
-    service = api.get_namespaced_custom_object(KSERVE_GROUP, KSERVE_VERSION, namespace,
-                                               KSERVE_PLURAL, name)
+    service: dict[str, Any] = api.get_namespaced_custom_object(
+        KSERVE_GROUP, KSERVE_VERSION, namespace, KSERVE_PLURAL, name)
+    labels = (service.get("metadata") or {}).get("labels") or {}
+    if labels.get(PROMOTION_LABEL) != "enabled":
+        raise PromotionRefused(f"InferenceService {namespace}/{name} has not opted in to "
+                               f"promotion: it needs the label {PROMOTION_LABEL}: enabled")
+    return service
+
+
+def patch_inference_service(api: Any, namespace: str, name: str, storage_uri: str) -> None:
+    """Point a KServe InferenceService that opted in (`opted_in_service`) at `storage_uri`.
+
+    The predictor's `model` block is the current KServe form; older services name a
+    framework block (`onnx`, `sklearn`, …) that holds `storageUri`, and that one is
+    patched instead.
+    """
+    service = opted_in_service(api, namespace, name)
     predictor = service.get("spec", {}).get("predictor", {})
     frameworks = [key for key, value in predictor.items()
                   if isinstance(value, dict) and "storageUri" in value]

@@ -6,8 +6,9 @@ row in a table test. The controller parses a job's spec once per generation (`ch
 gathers the observation, calls `reconcile`, performs the actions and writes the status.
 Phases: Pending (queued or submitted) → Running → Succeeded | Failed; a terminal job only
 re-judges its promotion when `spec.promotion` changed. A run is submitted only while the
-status holds no runId. The transitions themselves are in `status`, the promotion decision
-in `promotion`.
+status holds no runId; a run past the job's deadline is terminated. The transitions
+themselves are in `status`, the promotion decision in `promotion`, what a namespace's job
+may touch in `scope`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from modelpress.jobfile import validate_job
 from modelpress.operator import promotion
 from modelpress.operator.backends.base import RunRequest, RunState
 from modelpress.operator.promotion import Promote
+from modelpress.operator.scope import image_refused, outside_namespace
 from modelpress.operator.status import (
     BACKEND_UNAVAILABLE,
     INVALID_SPEC,
@@ -41,6 +43,7 @@ from modelpress.operator.status import (
     SUBMIT_FAILED,
     SUCCEEDED,
     backend_unavailable,
+    deadline_exceeded,
     failed,
     find_condition,
     invalid,
@@ -56,8 +59,11 @@ from modelpress.operator.status import (
 )
 from modelpress.settings import within_allowed_roots
 from modelpress.store import local_folder
+from modelpress.tenancy import DEFAULT_PREFIXES
+from modelpress.trust import untrusted_program
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
+DEFAULT_MAX_DEADLINE_SECONDS = 6 * 3600
 # A job's spec as the operator acts on it: parsed, or one line saying why it is invalid.
 Checked = CompressionJob | str
 
@@ -105,6 +111,19 @@ class Config:
     # Where file:// outputs and promotion targets may point (MODELPRESS_ALLOWED_FILE_ROOTS);
     # empty: anywhere the operator can write.
     allowed_file_roots: tuple[Path, ...] = ()
+    # Where a job's outputs, target and stored inputs may lie, by template naming
+    # {namespace} (MODELPRESS_NAMESPACE_PREFIXES).
+    namespace_prefixes: tuple[str, ...] = DEFAULT_PREFIXES
+    # The images spec.image may name (MODELPRESS_ALLOWED_IMAGES); empty spec.image, the
+    # operator's step image, is always allowed.
+    allowed_images: tuple[str, ...] = ()
+    # The longest any run may take; also the deadline of a job that sets none.
+    max_deadline_seconds: int = DEFAULT_MAX_DEADLINE_SECONDS
+    # Runs in flight per namespace (the controller asks the backend; reconcile sees the
+    # answer as Observation.slot_free).
+    max_runs_per_namespace: int = 2
+    # Whether a job may name a model format that is a program (MODELPRESS_TRUST_MODEL_CODE).
+    trust_model_code: bool = False
 
 
 # ----------------------------------------------------------------------------- actions
@@ -118,6 +137,7 @@ class SubmitRun:
 @dataclass(frozen=True)
 class TerminateRun:
     run_id: str
+    why: str = "the job was deleted"
 
 
 @dataclass(frozen=True)
@@ -181,7 +201,8 @@ def checked(job: JobView, config: Config) -> Checked:
     """The parsed job, or one line naming the offending field (what the schema let by):
     validated as the CLI validates a job file, its CEL condition compiled, and the places
     it writes to under the allowed roots (a spec may not aim its output or promotion at
-    another job's files or the operator's own)."""
+    another job's files or the operator's own), every place it reads or writes under its
+    namespace's prefixes, and its image on the allowlist."""
     document = {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND,
                 "metadata": {"name": job.name, "namespace": job.namespace}, "spec": job.spec}
     parsed = validate_job(document)
@@ -196,6 +217,15 @@ def checked(job: JobView, config: Config) -> Checked:
         problem = _unwritable(location, config) if location else None
         if problem:
             return f"{where}: {problem}"
+    problem = outside_namespace(parsed, output_of(parsed, config), config.namespace_prefixes)
+    if problem:
+        return problem
+    problem = image_refused(parsed.spec.image, config.allowed_images)
+    if problem:
+        return problem
+    refused = untrusted_program(parsed.spec, config.trust_model_code)
+    if refused:
+        return str(refused)
     return parsed
 
 
@@ -215,6 +245,12 @@ def _unwritable(location: str, config: Config) -> str | None:
 def output_of(job: CompressionJob, config: Config) -> str:
     return job.spec.output or config.default_output.format(
         namespace=job.metadata.namespace, name=job.metadata.name)
+
+
+def deadline_of(parsed: Checked, config: Config) -> int:
+    """The job's own deadline, at most the operator's cap, which is also the default."""
+    asked = None if isinstance(parsed, str) else parsed.spec.deadline_seconds
+    return min(asked or config.max_deadline_seconds, config.max_deadline_seconds)
 
 
 def transition_events(before: CompressionStatus, after: CompressionStatus) -> list[EmitEvent]:
@@ -274,6 +310,10 @@ def _follow(job: JobView, status: CompressionStatus, parsed: Checked,
     if run is None:
         return status, []
     status = status.model_copy(update={"steps": merge_steps(status.steps, run.steps)})
+    deadline = deadline_of(parsed, config)
+    if run.phase in ("Pending", "Running") and _overdue(status, run, deadline, now):
+        return deadline_exceeded(status, run, deadline, now), [
+            TerminateRun(run.run_id, f"it ran past its deadline of {deadline} s")]
     if run.phase == "Pending":
         return waiting(status, run, now), []
     if run.phase == "Running":
@@ -281,6 +321,14 @@ def _follow(job: JobView, status: CompressionStatus, parsed: Checked,
     if run.phase == "Succeeded":
         return _succeeded(job, status, parsed, observed, config)
     return failed(status, run, now), []
+
+
+def _overdue(status: CompressionStatus, run: RunState, deadline_seconds: int,
+             now: datetime) -> bool:
+    """Whether the run started (as the backend or the status has it) more than
+    `deadline_seconds` ago; a run with no known start is not judged yet."""
+    started = status.started_at or run.started_at
+    return started is not None and (now - started).total_seconds() > deadline_seconds
 
 
 def _succeeded(job: JobView, status: CompressionStatus, parsed: Checked,
@@ -311,5 +359,5 @@ def _judge(job: JobView, status: CompressionStatus, parsed: Checked, config: Con
         return promotion.rejected(status, INVALID_SPEC, [parsed], now), []
     output = status.artifacts.get("output") or output_of(parsed, config)
     status, actions = promotion.decide(status, parsed.spec.promotion, job.annotations,
-                                       config.kserve_enabled, output, now)
+                                       config.kserve_enabled, output, job.namespace, now)
     return status, list(actions)

@@ -41,12 +41,15 @@ RUN_FAILED = "RunFailed"
 RUN_CANCELED = "RunCanceled"
 RUN_LOST = "RunLost"
 RESULTS_MISSING = "ResultsMissing"
+DEADLINE_EXCEEDED = "DeadlineExceeded"
 AWAITING_RESULTS = "AwaitingResults"
 JOB_FAILED = "JobFailed"
 GATES_PASSED = "GatesPassed"
 GATES_FAILED = "GatesFailed"
 MODEL_PROMOTED = "Promoted"
 PROMOTION_FAILED = "PromotionFailed"
+# The annotation names an InferenceService in another namespace: no promotion at all.
+SERVICE_REFUSED = "InferenceServiceRefused"
 # The reason of the Event posted when a deleted job's run is stopped (no condition has it).
 TERMINATED = "Terminated"
 
@@ -149,7 +152,8 @@ def queued(status: CompressionStatus, now: datetime) -> CompressionStatus:
     """Waiting for a slot. One message whether or not a slot was looked for yet, so a job
     accepted at the cap needs no second status write."""
     return with_condition(status, SUCCEEDED, "Unknown", QUEUED, "waiting for a free slot "
-                          "under the operator's cap on runs in flight", now)
+                          "under the operator's caps on runs in flight (overall and per "
+                          "namespace)", now)
 
 
 def backend_unavailable(status: CompressionStatus, problem: str,
@@ -207,6 +211,13 @@ def failed(status: CompressionStatus, run: RunState, now: datetime) -> Compressi
     return stopped(status, reason, message, run.finished_at or now, now)
 
 
+def deadline_exceeded(status: CompressionStatus, run: RunState, deadline_seconds: int,
+                      now: datetime) -> CompressionStatus:
+    """The run took longer than its deadline; the operator terminates it."""
+    return stopped(status, DEADLINE_EXCEEDED, f"run {run.run_id} ran past its deadline of "
+                   f"{deadline_seconds} s and was terminated", now, now)
+
+
 def _failure_reason(run: RunState) -> tuple[str, str]:
     if run.phase == "Canceled":
         return RUN_CANCELED, f"run {run.run_id} was canceled outside the operator"
@@ -257,6 +268,14 @@ def promoted(status: CompressionStatus, target: str | None, inference_service: s
     status = status.model_copy(update={"promotion": status.promotion.model_copy(
         update={"decision": "Promoted", "promoted_uri": target})})
     return with_condition(status, PROMOTED, "True", MODEL_PROMOTED, "; ".join(where), now)
+
+
+def promotion_refused(status: CompressionStatus, problem: str,
+                      now: datetime) -> CompressionStatus:
+    """The InferenceService has not opted in: nothing is copied or patched, and the decision
+    stays Pending, so labelling the service lets the next poll finish the promotion."""
+    return with_condition(status, PROMOTED, "False", SERVICE_REFUSED,
+                          f"every gate passed but nothing was promoted: {problem}", now)
 
 
 def promotion_failed(status: CompressionStatus, problem: str,

@@ -13,9 +13,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from modelpress.api import CompressionJob, CompressionSpec, Model, Pool, QuantizeStep
+from modelpress.api import (
+    CREDENTIALS_REFUSED,
+    CompressionJob,
+    CompressionSpec,
+    Model,
+    Pool,
+    QuantizeStep,
+    holds_credentials,
+)
+from modelpress.errors import InvalidInput
 from modelpress.pipelines.steps import PlannedStep, planned_steps
 from modelpress.records import LatencyProbe
+from modelpress.trust import require_trusted
 
 PIPELINE_PREFIX = "modelpress-"
 
@@ -42,6 +52,8 @@ def _with_store_access(task: Any) -> Any:
 
     settings = get_settings()
     if settings.s3_endpoint:
+        if holds_credentials(settings.s3_endpoint):  # it would be written into the IR
+            raise InvalidInput("MODELPRESS_S3_ENDPOINT", CREDENTIALS_REFUSED)
         task.set_env_variable("MODELPRESS_S3_ENDPOINT", settings.s3_endpoint)
     if settings.s3_secret:
         kubernetes.use_secret_as_env(task, secret_name=settings.s3_secret, secret_key_to_env={
@@ -179,13 +191,18 @@ def _benchmarks(ops: dict[str, Any], spec: CompressionSpec, plan: list[PlannedSt
     return flow
 
 
-def build_pipeline(job: CompressionJob, output: str) -> Callable[..., Any]:
-    """A KFP pipeline function for `job` that publishes its results to `output`."""
+def build_pipeline(job: CompressionJob, output: str, *,
+                   trust_model_code: bool = False) -> Callable[..., Any]:
+    """A KFP pipeline function for `job` that publishes its results to `output`.
+
+    Unless `trust_model_code`, a job naming a program (modelpress.trust) is refused here,
+    and the fetch step refuses one it only recognises by reading the file."""
     from kfp import dsl
 
     from modelpress.components.ops import make_ops
     from modelpress.settings import get_settings
 
+    require_trusted(job.spec, trust_model_code)
     raw_ops = make_ops(job.spec.image or get_settings().step_image)
     ops = {name: _accessing_store(op) for name, op in raw_ops.items()}
     spec = job.spec
@@ -194,7 +211,9 @@ def build_pipeline(job: CompressionJob, output: str) -> Callable[..., Any]:
 
     @dsl.pipeline(name=pipeline_name(job), description=f"modelpress job {job.metadata.name}")
     def compression_pipeline(output_uri: str = output) -> None:
-        fetched = ops["fetch_op"](name=first.name, spec=_json(spec)).set_display_name(first.name)
+        fetched = ops["fetch_op"](name=first.name, spec=_json(spec),
+                                  trust_model_code=trust_model_code
+                                  ).set_display_name(first.name)
         flow = Flow(original=fetched.outputs["original"], datasets=fetched.outputs["datasets"],
                     model=fetched.outputs["original"], ledger=fetched.outputs["ledger"])
         if spec.search is None:
@@ -211,8 +230,10 @@ def build_pipeline(job: CompressionJob, output: str) -> Callable[..., Any]:
     return compression_pipeline
 
 
-def compile_pipeline(job: CompressionJob, output: str, package_path: str) -> None:
+def compile_pipeline(job: CompressionJob, output: str, package_path: str, *,
+                     trust_model_code: bool = False) -> None:
     """Write the pipeline's IR YAML, ready for a Kubeflow Pipelines server."""
     from kfp import compiler
 
-    compiler.Compiler().compile(build_pipeline(job, output), package_path=package_path)
+    compiler.Compiler().compile(build_pipeline(job, output, trust_model_code=trust_model_code),
+                                package_path=package_path)

@@ -22,18 +22,21 @@ from modelpress.settings import get_settings
 STOP_GRACE_SECONDS = 3.0
 
 
-def run_local(job: CompressionJob, output: str, workdir: Path, events: Path) -> str:
+def run_local(job: CompressionJob, output: str, workdir: Path, events: Path, *,
+              trust_model_code: bool = False) -> str:
     """Run the whole pipeline; returns the kfp.local log. Raises StepFailed on failure, with
-    the step's own error and the path of the kept log."""
+    the step's own error and the path of the kept log. `trust_model_code`: whether the model
+    may be a program (modelpress.trust)."""
     from kfp import local
 
+    adopt_orphans()
     (workdir / "workspace").mkdir(parents=True, exist_ok=True)
     # Both roots inside the run's scratch: kfp.local would otherwise leave a workspace
     # folder in the system's temporary folder after every run.
     local.init(runner=local.SubprocessRunner(use_venv=False),
                pipeline_root=str(workdir / "pipeline_root"),
                workspace_root=str(workdir / "workspace"), raise_on_error=True)
-    pipeline = build_pipeline(job, output)
+    pipeline = build_pipeline(job, output, trust_model_code=trust_model_code)
     log = io.StringIO()
     try:
         with _step_environment(workdir, events), contextlib.redirect_stdout(log), \
@@ -106,9 +109,12 @@ def keep_log(job_name: str, log: str) -> Path:
 
 def stop_steps(grace_seconds: float = STOP_GRACE_SECONDS) -> None:
     """End every process this one started (the running step and anything it started):
-    SIGTERM, then SIGKILL for whatever is still there after `grace_seconds`."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    SIGTERM, then SIGKILL for whatever is still there after `grace_seconds`. The tree is
+    read again before each signal, so what a dying step started is found too."""
+    for sig in (signal.SIGTERM, signal.SIGKILL, signal.SIGKILL):
         running = _descendants(os.getpid())
+        if not running:
+            return
         for pid in running:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
@@ -116,8 +122,16 @@ def stop_steps(grace_seconds: float = STOP_GRACE_SECONDS) -> None:
         while running and time.monotonic() < deadline:
             running = [pid for pid in running if _alive(pid)]
             time.sleep(0.05)
-        if not running:
-            return
+
+
+def adopt_orphans() -> None:
+    """Make this process the reaper of its orphaned descendants (Linux), so a step whose
+    wrapper shell died first is still below this process and can be stopped."""
+    import ctypes
+
+    pr_set_child_subreaper = 36
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_child_subreaper, 1, 0, 0, 0)
 
 
 def _alive(pid: int) -> bool:

@@ -63,3 +63,7 @@ class Backend(Protocol):
     def has_capacity(self) -> bool:
         """Whether one more run may start under the operator's cap on runs in flight."""
         ...
+
+    def runs_in_namespace(self, namespace: str) -> int:
+        """Runs in flight of jobs in `namespace` (for the per-namespace cap)."""
+        ...

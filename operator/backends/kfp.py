@@ -48,7 +48,7 @@ class KfpBackend:
                  namespace: str | None = None, pipeline_root: str | None = None,
                  max_runs: int = 10, timeout_seconds: float = 30.0, attempts: int = 4,
                  backoff_seconds: float = 1.0, sleep: Callable[[float], None] = time.sleep,
-                 token_path: Path | None = None) -> None:
+                 token_path: Path | None = None, trust_model_code: bool = False) -> None:
         self.host = host
         self.experiment = experiment
         self.namespace = namespace
@@ -59,6 +59,7 @@ class KfpBackend:
         self.backoff_seconds = backoff_seconds
         self._sleep = sleep
         self.token_path = token_path
+        self.trust_model_code = trust_model_code  # the operator's MODELPRESS_TRUST_MODEL_CODE
         self._client: Any = None
         self._experiment_id: str | None = None
 
@@ -72,7 +73,8 @@ class KfpBackend:
         root = self.pipeline_root or request.output.rstrip("/") + "/pipeline-root"
         with tempfile.TemporaryDirectory(prefix="modelpress-kfp-") as scratch:
             package = str(Path(scratch) / "pipeline.yaml")
-            compile_pipeline(request.job, request.output, package)
+            compile_pipeline(request.job, request.output, package,
+                             trust_model_code=self.trust_model_code)
             return self._create_run(name, package, root)
 
     def poll(self, run_id: str) -> RunState:
@@ -89,13 +91,20 @@ class KfpBackend:
             pass  # nothing left to stop
 
     def has_capacity(self) -> bool:
+        return len(self._runs_in_flight()) < self.max_runs
+
+    def runs_in_namespace(self, namespace: str) -> int:
+        """Counted by the run's display name, which starts with the job's namespace."""
+        return sum(1 for run in self._runs_in_flight()
+                   if str(run.display_name or "").startswith(f"{namespace}/"))
+
+    # ------------------------------------------------------------------------- internals
+
+    def _runs_in_flight(self) -> list[Any]:
         experiment_id = self._experiment()
         listed = self._call("list runs", lambda: self._kfp().list_runs(
             experiment_id=experiment_id, page_size=_CAPACITY_PAGE, sort_by="created_at desc"))
-        in_flight = sum(1 for run in listed.runs or [] if str(run.state) in _IN_FLIGHT)
-        return in_flight < self.max_runs
-
-    # ------------------------------------------------------------------------- internals
+        return [run for run in listed.runs or [] if str(run.state) in _IN_FLIGHT]
 
     def _create_run(self, name: str, package: str, root: str) -> str:
         """Create the run; after a failed attempt, look for it before trying again (the

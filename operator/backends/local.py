@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -54,6 +55,7 @@ class RequestRecord(_Record):
     job: CompressionJob
     output: str
     runner: str
+    trust_model_code: bool = False  # the operator's MODELPRESS_TRUST_MODEL_CODE
 
 
 class WorkerRecord(_Record):
@@ -75,13 +77,16 @@ class ExitRecord(_Record):
 class LocalBackend:
     name: Literal["local"] = "local"
 
-    def __init__(self, workdir: Path, max_runs: int, runner: str = DEFAULT_RUNNER) -> None:
+    def __init__(self, workdir: Path, max_runs: int, runner: str = DEFAULT_RUNNER, *,
+                 trust_model_code: bool = False) -> None:
         self.workdir = workdir.resolve()
         self.max_runs = max_runs
         self.runner = runner
+        self.trust_model_code = trust_model_code
         self._workers: dict[str, subprocess.Popen[bytes]] = {}
         # Runs known to have ended: a run never restarts, so their folders need no more I/O.
         self._ended: set[str] = set()
+        self._namespaces: dict[str, str] = {}  # run folder -> its job's namespace
         self.workdir.mkdir(parents=True, exist_ok=True)
 
     def submit(self, request: RunRequest) -> str:
@@ -92,7 +97,8 @@ class LocalBackend:
         except FileExistsError:
             return run_id  # already started for this job (e.g. before an operator restart)
         _write_record(folder / "request.json", RequestRecord(
-            job=request.job, output=request.output, runner=self.runner))
+            job=request.job, output=request.output, runner=self.runner,
+            trust_model_code=self.trust_model_code))
         with (folder / "worker.log").open("ab") as log:
             # cwd: the run folder, never a checkout whose operator/ would shadow the
             # standard library's `operator` on the `-m` path.
@@ -148,7 +154,12 @@ class LocalBackend:
 
     def runs_in_flight(self) -> int:
         """Live workers. Called on every sync of a queued job, so ended runs cost nothing."""
-        count = 0
+        return sum(1 for _ in self._live_runs())
+
+    def runs_in_namespace(self, namespace: str) -> int:
+        return sum(1 for folder in self._live_runs() if self._namespace_of(folder) == namespace)
+
+    def _live_runs(self) -> Iterator[Path]:
         for folder in self.workdir.iterdir():
             if folder.name in self._ended:
                 continue
@@ -157,8 +168,16 @@ class LocalBackend:
                 continue
             worker = _read_record(folder / "worker.json", WorkerRecord)
             if worker and self._alive(folder.name, worker.pid):
-                count += 1
-        return count
+                yield folder
+
+    def _namespace_of(self, folder: Path) -> str | None:
+        """The namespace of the job a run folder holds, read once (it never changes)."""
+        if folder.name not in self._namespaces:
+            request = _read_record(folder / "request.json", RequestRecord)
+            if request is None:
+                return None
+            self._namespaces[folder.name] = request.job.metadata.namespace
+        return self._namespaces[folder.name]
 
     def _reap(self, run_id: str) -> None:
         """Wait for a finished worker of ours, so it leaves no zombie and no Popen behind."""
@@ -268,7 +287,8 @@ def run_worker(folder: Path) -> int:
     module, _, function = request.runner.partition(":")
     runner = getattr(importlib.import_module(module), function)
     try:
-        runner(request.job, request.output, folder / "work", folder / "events.jsonl")
+        runner(request.job, request.output, folder / "work", folder / "events.jsonl",
+               trust_model_code=request.trust_model_code)
         outcome = ExitRecord(phase="Succeeded", finished_at=time.time())
     except StepFailed as error:
         outcome = ExitRecord(phase="Failed", step=error.step, message=error.problem,

@@ -98,8 +98,9 @@ class LocalOperator:
         body = yaml.safe_load(DIGITS_EXAMPLE.read_text(encoding="utf-8"))
         body["metadata"].update(uid=str(uuid.uuid4()), generation=1, resourceVersion="1")
         body["spec"]["output"] = output.as_uri()
-        controller = Controller(LocalBackend(workdir, max_runs=1),
-                                Config(default_output=output.as_uri()), metrics)
+        config = Config(default_output=output.as_uri(),
+                        namespace_prefixes=(output.as_uri() + "/",))  # the job's own output
+        controller = Controller(LocalBackend(workdir, max_runs=1), config, metrics)
         return cls(controller, body)
 
     @property

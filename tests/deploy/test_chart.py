@@ -26,6 +26,7 @@ from deploy_chart import (
 from deploy_promql import DASHBOARDS, RULES
 
 from modelpress.operator.config import OperatorSettings
+from modelpress.operator.main import operator_config
 from modelpress.settings import Settings
 
 WARNING = 2  # helm lint's severities: 1 info, 2 warning, 3 error
@@ -167,6 +168,50 @@ def test_jobs_are_confined_to_the_allowed_file_roots(manifests: list[dict[str, A
     widened = render({"files": {"allowedRoots": ["/models", "/data"]}})
     env = env_of(operator_container(widened))
     assert json.loads(env["MODELPRESS_ALLOWED_FILE_ROOTS"]["value"]) == ["/models", "/data"]
+
+
+def _settings_from(manifests: list[dict[str, Any]],
+                   monkeypatch: pytest.MonkeyPatch) -> OperatorSettings:
+    """The operator's settings as the rendered Deployment's environment gives them."""
+    for name, variable in env_of(operator_container(manifests)).items():
+        if name.startswith("MODELPRESS_") and "value" in variable:
+            monkeypatch.setenv(name, variable["value"])
+    return OperatorSettings()
+
+
+def test_tenancy_settings_reach_the_operator(manifests: list[dict[str, Any]],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every namespace is confined to its own prefix, and the default output lies under
+    it (else the operator would refuse to start, operator_config)."""
+    settings = _settings_from(manifests, monkeypatch)
+    assert settings.namespace_prefixes == ["s3://modelpress/{namespace}/"]
+    assert operator_config(settings).namespace_prefixes == ("s3://modelpress/{namespace}/",)
+    assert settings.max_runs_per_namespace >= 1
+    assert settings.max_deadline_seconds <= 6 * 3600
+
+
+def test_only_the_step_image_is_allowed_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    manifests = render({"image": {"step": {"tag": "9.9.9"}}})
+    assert "MODELPRESS_ALLOWED_IMAGES" not in env_of(operator_container(manifests))
+    assert operator_config(_settings_from(manifests, monkeypatch)).allowed_images == (
+        "ghcr.io/modelpress/step:9.9.9",)
+
+
+def test_tenancy_values_become_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    manifests = render({
+        "tenancy": {"prefixes": ["s3://models/{namespace}/", "file:///files/{namespace}/"],
+                    "allowedImages": ["registry.example/step:1"]},
+        "operator": {"defaultOutput": "s3://models/{namespace}/{name}/",
+                     "maxRunsPerNamespace": 3, "maxDeadlineSeconds": 600}})
+    config = operator_config(_settings_from(manifests, monkeypatch))
+    assert config.namespace_prefixes == ("s3://models/{namespace}/", "file:///files/{namespace}/")
+    assert config.allowed_images == ("registry.example/step:1",)
+    assert (config.max_runs_per_namespace, config.max_deadline_seconds) == (3, 600)
+
+
+def test_the_gpu_values_allow_the_cuda_step_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = operator_config(_settings_from(render(VALUES["kfp-gpu"]), monkeypatch))
+    assert "ghcr.io/modelpress/step:0.1.0-cuda" in config.allowed_images
 
 
 def test_multi_user_kfp_gets_a_projected_token_by_path() -> None:

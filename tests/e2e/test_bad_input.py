@@ -13,6 +13,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import zipfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,6 +43,7 @@ class Case:
     id: str
     mutate: Mutation
     expect: tuple[str, ...]  # substrings the one error line must contain
+    args: tuple[str, ...] = ()  # more options for `modelpress run`
 
 
 # ----------------------------------------------------------------------------- planted files
@@ -195,6 +198,54 @@ def _torch_marker_pickle(path: Path) -> None:
     torch.save({"weight": _MakesMarker(path.parent / MARKER)}, path)
 
 
+class _TouchOnLoad(torch.nn.Module):
+    """Loading it as TorchScript runs its `__setstate__`, which creates the marker file."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.marker = marker
+        self.touched = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[str, bool]:
+        return (self.marker, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[str, bool]) -> None:
+        self.marker = state[0]
+        self.training = state[1]
+        # Kept in an attribute, or the compiler drops the call as dead code.
+        self.touched = int(torch.from_file(self.marker, shared=True, size=1,
+                                           dtype=torch.uint8).fill_(1).sum())
+
+
+def _digits_linear() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+
+
+def _torchscript_with_side_effect(path: Path) -> None:
+    module = torch.nn.Sequential(_TouchOnLoad(str(path.parent / MARKER)), _digits_linear())
+    torch.jit.save(torch.jit.script(module), str(path))
+
+
+def _exported_with_planted_pickle(path: Path) -> None:
+    """A torch.export program whose sample inputs are a marker pickle (torch.export.load
+    unpickles it plainly once its weights-only read fails)."""
+    torch.export.save(torch.export.export(_digits_linear(), (torch.zeros(2, 1, 8, 8),)),
+                      str(path))
+    planted = path.with_suffix(".pickle")
+    torch.save(((_MakesMarker(path.parent / MARKER),), {}), planted)
+    with zipfile.ZipFile(path) as source:
+        members = [(info, source.read(info)) for info in source.infolist()]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as target:
+        for info, data in members:
+            swap = info.filename.endswith("data/sample_inputs/model.pt")
+            target.writestr(info, planted.read_bytes() if swap else data)
+
+
 def _npz(**arrays: Any) -> Callable[[Path], None]:
     return lambda path: np.savez(path, **arrays)
 
@@ -293,7 +344,16 @@ CASES = [
          ("spec.model.architecture", "resnet-999")),
     Case("architecture-factory-raises",
          _planted_model("model.pt", _state_dict_file, architecture="python://math:sqrt"),
-         ("spec.model.architecture", "math:sqrt")),
+         ("spec.model.architecture", "math:sqrt", "failed"), args=("--trust-model-code",)),
+    # ---- model code is opt-in; trusted, a .pt2 is still never unpickled
+    Case("untrusted-pt2", _planted_model("model.pt2", _exported_with_planted_pickle),
+         ("spec.model.uri", "torch.export program", "--trust-model-code")),
+    Case("untrusted-torchscript-as-pt",
+         _planted_model("model.pt", _torchscript_with_side_effect),
+         ("spec.model.uri", "TorchScript", "--trust-model-code")),
+    Case("trusted-pt2-with-planted-pickle",
+         _planted_model("model.pt2", _exported_with_planted_pickle),
+         ("spec.model.uri", "pickled Python object"), args=("--trust-model-code",)),
     # ---- the data
     Case("unknown-builtin-dataset", _set("spec.data.eval", "builtin://mnist"),
          ("spec.data.eval", "mnist")),
@@ -375,8 +435,9 @@ def _prepare(case: Case, folder: Path) -> Path:
     return job
 
 
-def _run(job: Path, output: Path, folder: Path) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "modelpress.cli", "run", str(job), "-o", str(output)]
+def _run(job: Path, output: Path, folder: Path,
+         args: tuple[str, ...]) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "modelpress.cli", "run", str(job), "-o", str(output), *args]
     # Its own process group, so a run that got as far as starting pipeline steps can be
     # stopped with all of its children.
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -408,7 +469,8 @@ def outcomes(request: pytest.FixtureRequest,
             folder = tmp_path_factory.mktemp(case.id)
             job = _prepare(case, folder)
             output = folder / "out"
-            started[case.id] = Outcome(folder, output, pool.submit(_run, job, output, folder))
+            started[case.id] = Outcome(folder, output,
+                                       pool.submit(_run, job, output, folder, case.args))
         yield started
 
 

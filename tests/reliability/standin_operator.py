@@ -113,6 +113,11 @@ class OperatorProcess:
                 "MODELPRESS_LOCAL_WORKDIR": str(self.root / "runs"),
                 "MODELPRESS_DEFAULT_OUTPUT": (self.root / "outputs").as_uri()
                 + "/{namespace}/{name}",
+                # Each namespace's outputs, the tests' promotion targets, and the default.
+                "MODELPRESS_NAMESPACE_PREFIXES": json.dumps([
+                    (self.root / "outputs").as_uri() + "/{namespace}/",
+                    (self.root / "production").as_uri() + "/",
+                    "s3://modelpress/{namespace}/"]),
                 "MODELPRESS_POLL_INTERVAL_SECONDS": "1",
                 "MODELPRESS_METRICS_ADDRESS": "127.0.0.1",
                 "MODELPRESS_LIVENESS_ENDPOINT":

@@ -29,7 +29,12 @@ import yaml
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from modelpress.api import CompressionJob, CompressionStatus
+from modelpress.api import (
+    MAX_CONDITION_LENGTH,
+    MAX_CONDITION_NESTING,
+    CompressionJob,
+    CompressionStatus,
+)
 from modelpress.errors import InvalidInput
 from modelpress.gates import condition_error
 from modelpress.jobfile import load_job, parse_job, validate_job
@@ -43,14 +48,19 @@ from modelpress.operator.reconcile import (
     Observation,
     SubmitRun,
     checked,
+    output_of,
     reconcile,
 )
+from modelpress.operator.scope import image_refused, outside_namespace
+from modelpress.trust import untrusted_program
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 SOURCE = "job.yaml"
 NOW = datetime(2025, 5, 1, 12, 0, 0, tzinfo=UTC)
-CONFIG = Config(default_output="file:///outputs/{namespace}/{name}")
+# Jobs in namespace ml may touch /outputs/ml/ and s3://bucket/ml/ (operator/scope.py).
+CONFIG = Config(default_output="file:///outputs/{namespace}/{name}",
+                namespace_prefixes=("file:///outputs/{namespace}/", "s3://bucket/{namespace}/"))
 SCHEMA = CompressionJob.model_json_schema(by_alias=True)
 DEFINITIONS = SCHEMA["$defs"]
 REQUIRED_TOP_LEVEL = ("apiVersion", "kind", "metadata", "spec")
@@ -313,6 +323,9 @@ class _Backend:
     def has_capacity(self) -> bool:
         return True
 
+    def runs_in_namespace(self, namespace: str) -> int:
+        return 0
+
 
 def _body(spec: Json, status: Json | None = None, generation: int = 1) -> dict[str, Json]:
     return {"apiVersion": "modelpress.io/v1alpha1", "kind": "CompressionJob",
@@ -351,7 +364,18 @@ def _parses(spec: Json) -> bool:
     if isinstance(parsed, str):
         return False
     condition = spec.get("promotion", {}).get("condition")
-    return not (condition and condition_error(condition))
+    if condition and condition_error(condition):
+        return False
+    return _within_scope(parsed)
+
+
+def _within_scope(job: CompressionJob) -> bool:
+    """What one namespace's job may touch: a spec that parses may still name a place
+    outside its namespace's prefixes, or an image outside the allowlist."""
+    output = output_of(job, CONFIG)
+    return outside_namespace(job, output, CONFIG.namespace_prefixes) is None \
+        and image_refused(job.spec.image, CONFIG.allowed_images) is None \
+        and untrusted_program(job.spec, CONFIG.trust_model_code) is None
 
 
 # ----------------------------------------------------------------------------- the CLI
@@ -579,22 +603,26 @@ def test_a_speedup_gate_on_an_odd_pool_name_stays_one_line(pool: str) -> None:
     assert_one_line(promoted.message)
 
 
-# CEL the parser accepts (it is not recursive) but whose evaluation recurses once per level.
+# CEL the parser accepts (it is not recursive) but whose evaluation recurses once per level;
+# the schema caps brackets and ?: at MAX_CONDITION_NESTING, the rest reaches the evaluator.
 DEEP_CONDITIONS = {
-    "parentheses": "(" * 2000 + "true" + ")" * 2000,
-    "negations": "!" * 4000 + "true",
-    "minus-signs": "-" * 4000 + "1 > 0",
-    "lists": "[" * 1300 + "]" * 1300 + " == []",
-    "sums": "1 + " * 1000 + "1 > 0",
-    "conjunctions": "true" + " && true" * 500,
+    "parentheses": "(" * 500 + "true" + ")" * 500,
+    "parentheses-at-the-cap": "(" * MAX_CONDITION_NESTING + "true" + ")" * MAX_CONDITION_NESTING,
+    "negations": "!" * 1000 + "true",
+    "minus-signs": "-" * 1000 + "1 > 0",
+    "lists": "[" * 500 + "]" * 500 + " == []",
+    "conditionals": "true ? " * 60 + "true" + " : false" * 60,
+    "sums": "1 + " * 250 + "1 > 0",
+    "conjunctions": "true" + " && true" * 125,
 }
 
 
 @pytest.mark.parametrize("condition", DEEP_CONDITIONS.values(), ids=DEEP_CONDITIONS.keys())
 def test_a_deeply_nested_condition_is_refused_or_judged(condition: str) -> None:
-    """Within maxLength 4096, yet each level of nesting costs the evaluator stack frames:
-    the job must end judged (or its spec refused), never in a reconcile that always raises."""
-    assert len(condition) <= 4096
+    """Within MAX_CONDITION_LENGTH, yet each level of nesting costs the evaluator stack
+    frames: the job must end judged (or its spec refused), never in a reconcile that
+    always raises."""
+    assert len(condition) <= MAX_CONDITION_LENGTH
     with no_stack_overflow("admitting the job"):
         job = view_of(_body({**_base()["spec"], "promotion": {"condition": condition}}))
         admitted = reconcile(job, checked(job, CONFIG), Observation(now=NOW), CONFIG)

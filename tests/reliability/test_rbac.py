@@ -244,7 +244,7 @@ def requests_sent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[tup
         operator.start()
         cluster.create("inferenceservices", {
             "apiVersion": f"{KSERVE_GROUP}/v1beta1", "kind": "InferenceService",
-            "metadata": {"name": "digits"},
+            "metadata": {"name": "digits", "labels": {"modelpress.io/promotion": "enabled"}},
             "spec": {"predictor": {"model": {"storageUri": "s3://models/previous"}}}})
         promoted = job_document("promoted", {**LIGHT_SPEC, "promotion": {
             "target": (root / "production").as_uri()}})

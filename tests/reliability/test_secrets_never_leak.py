@@ -8,6 +8,10 @@ stderr, every object in the bucket (bytes and metadata; results.json, report.htm
 lineage.json included), files the run left behind, and, for the operator, job statuses,
 Events, the operator's log, its metrics, and the run folders with the workers' logs.
 
+`modelpress compile` in a shell holding the credentials writes none of them into the
+pipeline, and a uri holding credentials (`s3://key:secret@…`) is refused by the CLI and
+the operator alike, naming the field and never repeating the secret.
+
 A planted KFP bearer token (MODELPRESS_KFP_TOKEN_PATH) goes the same way: an operator on
 the KFP backend submits one job with it to a KFP stand-in that demands it, then a wrong
 token is refused; neither token shows in statuses, Events or the operator's debug log.
@@ -39,6 +43,10 @@ from standin_operator import (
 )
 
 pytestmark = pytest.mark.e2e
+
+
+# The secret of a uri that holds credentials, in a job the operator must refuse.
+URI_SECRET = f"in-uri-{secrets.token_urlsafe(24)}"
 
 
 @dataclass(frozen=True)
@@ -191,6 +199,50 @@ def test_verify_with_a_wrong_secret_fails_without_showing_it(
     assert_no_secret(completed.stdout + completed.stderr, "the CLI's output", planted)
 
 
+def test_a_compiled_pipeline_holds_no_secret(s3_server: S3Server, planted: Planted,
+                                             tmp_path: Path) -> None:
+    """`modelpress compile` in a shell holding the credentials, for a cluster whose steps
+    read them from a Secret: the pipeline names the Secret, never a value in it."""
+    job = write_job(tmp_path, "digits-light", LIGHT_SPEC)
+    environment = {**cli_environment(s3_server, tmp_path, planted.secret_key,
+                                     planted.session_token),
+                   "MODELPRESS_S3_SECRET": "modelpress-s3-credentials"}
+    completed = cli("compile", str(job), "-o", str(tmp_path / "ir.yaml"), "--artifacts",
+                    "s3://modelpress/team-a/digits-light/", cwd=tmp_path, env=environment)
+    assert completed.returncode == 0, completed.stderr
+    compiled = (tmp_path / "ir.yaml").read_text()
+    assert "modelpress-s3-credentials" in compiled and s3_server.endpoint in compiled
+    assert_no_secret(compiled, "the compiled pipeline", planted)
+    assert_no_secret(completed.stdout + completed.stderr, "the CLI's output", planted)
+
+
+def credentials_in(field: str, access_key: str, secret_key: str) -> dict[str, Any]:
+    """LIGHT_SPEC with `field` (model or output) a uri holding these credentials."""
+    uri = f"s3://{access_key}:{secret_key}@leak-bucket/team-a/model.onnx"
+    if field == "model":
+        return {**LIGHT_SPEC, "model": {"uri": uri, "task": "classification"}}
+    return {**LIGHT_SPEC, "output": uri.removesuffix("model.onnx")}
+
+
+@pytest.mark.parametrize("field", ["model", "output"])
+@pytest.mark.parametrize("command", ["compile", "run"])
+def test_a_uri_holding_credentials_is_refused_without_showing_them(
+        s3_server: S3Server, planted: Planted, tmp_path: Path, command: str,
+        field: str) -> None:
+    job = write_job(tmp_path, "credentials", credentials_in(field, s3_server.access_key,
+                                                            planted.secret_key))
+    written = tmp_path / ("ir.yaml" if command == "compile" else "modelpress-out")
+    arguments = ("-o", str(written)) if command == "compile" else ()
+    completed = cli(command, str(job), *arguments, cwd=tmp_path,
+                    env=cli_environment(s3_server, tmp_path, planted.secret_key))
+    lines = completed.stderr.strip().splitlines()
+    assert completed.returncode == 2, completed.stderr
+    assert len(lines) == 1 and f"spec.{field}" in lines[0] \
+        and "a uri may not hold credentials" in lines[0], completed.stderr
+    assert_no_secret(completed.stdout + completed.stderr, "the CLI's output", planted)
+    assert not written.exists()
+
+
 # -------------------------------------------------------------------------- operator
 
 
@@ -217,6 +269,7 @@ def operator_outcome(s3_server: S3Server, planted: Planted,
     api = start_standin()
     s3 = {"MODELPRESS_S3_ENDPOINT": s3_server.endpoint,
           "MODELPRESS_DEFAULT_OUTPUT": f"s3://{bucket}/{{namespace}}/{{name}}/",
+          "MODELPRESS_NAMESPACE_PREFIXES": json.dumps([f"s3://{bucket}/{{namespace}}/"]),
           "MODELPRESS_LOG_DEBUG": "true", "AWS_ACCESS_KEY_ID": s3_server.access_key}
     metrics = []
     try:
@@ -230,6 +283,11 @@ def operator_outcome(s3_server: S3Server, planted: Planted,
             operator.start()
             try:
                 create_job(api, job_document(name, LIGHT_SPEC))
+                if name == "published":  # and one whose model uri holds credentials
+                    create_job(api, job_document("credentials", credentials_in(
+                        "model", s3_server.access_key, URI_SECRET)))
+                    wait_until("job credentials to be refused",
+                               partial(_finished, api, "credentials"), timeout=60)
                 wait_until(f"job {name} to finish", partial(_finished, api, name), timeout=120)
                 metrics.append(operator.metrics())
             finally:
@@ -249,6 +307,20 @@ def test_the_operator_publishes_and_refuses_as_expected(operator_outcome: Operat
     assert refused["phase"] == "Failed", json.dumps(refused, indent=1)
     message = next(c["message"] for c in refused["conditions"] if c["type"] == "Succeeded")
     assert "refused access" in message, message
+
+
+def test_a_job_with_credentials_in_a_uri_fails_without_showing_them(
+        operator_outcome: OperatorOutcome) -> None:
+    """The API server's schema refuses such a uri at `kubectl apply`; the stand-in admits
+    it, so the operator must refuse it too, and never repeat it in a status or Event. (Its
+    spec, the tenant's own text, and the debug log of the object as watched, still hold it.)"""
+    status = operator_outcome.jobs["credentials"]["status"]
+    succeeded = _condition(operator_outcome.jobs["credentials"])
+    assert status["phase"] == "Failed" and succeeded["reason"] == "InvalidSpec", status
+    assert succeeded["message"].startswith("spec.model.uri: a uri may not hold credentials")
+    assert URI_SECRET not in json.dumps(status)
+    assert URI_SECRET not in json.dumps(operator_outcome.events)
+    assert URI_SECRET not in operator_outcome.metrics
 
 
 def test_statuses_and_events_hold_no_secret(operator_outcome: OperatorOutcome,

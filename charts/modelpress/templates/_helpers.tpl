@@ -33,6 +33,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- default .Release.Namespace .Values.watch.namespace -}}
 {{- end -}}
 
+{{/* The image of pipeline steps (and of the only spec.image allowed by default). */}}
+{{- define "modelpress.stepImage" -}}
+{{- printf "%s:%s" .Values.image.step.repository (default .Chart.AppVersion .Values.image.step.tag) -}}
+{{- end -}}
+
 {{/* The local backend runs the steps inside the operator pod: it needs the step image. */}}
 {{- define "modelpress.image" -}}
 {{- $image := ternary .Values.image.step .Values.image.operator (eq .Values.backend "local") -}}
@@ -57,12 +62,37 @@ modelpress-operator
   value: {{ .Values.operator.defaultOutput | quote }}
 - name: MODELPRESS_MAX_RUNS_IN_FLIGHT
   value: {{ .Values.operator.maxRunsInFlight | quote }}
+- name: MODELPRESS_MAX_RUNS_PER_NAMESPACE
+  value: {{ .Values.operator.maxRunsPerNamespace | quote }}
+- name: MODELPRESS_MAX_DEADLINE_SECONDS
+  value: {{ .Values.operator.maxDeadlineSeconds | quote }}
+- name: MODELPRESS_NAMESPACE_PREFIXES
+  value: {{ .Values.tenancy.prefixes | toJson | quote }}
+- name: MODELPRESS_STEP_IMAGE
+  value: {{ include "modelpress.stepImage" . | quote }}
+{{- with .Values.tenancy.allowedImages }}
+- name: MODELPRESS_ALLOWED_IMAGES
+  value: {{ . | toJson | quote }}
+{{- end }}
 - name: MODELPRESS_POLL_INTERVAL_SECONDS
   value: {{ .Values.operator.pollIntervalSeconds | quote }}
 - name: MODELPRESS_KSERVE_ENABLED
   value: {{ .Values.promotion.kserve.enabled | quote }}
 - name: MODELPRESS_ALLOWED_FILE_ROOTS
   value: {{ .Values.files.allowedRoots | toJson | quote }}
+- name: MODELPRESS_TRUST_MODEL_CODE
+  value: {{ .Values.trust.modelCode | quote }}
+{{- /* Bounds on the work a tenant's spec can cause (values: untrustedSpecs). */}}
+- name: MODELPRESS_CEL_BUDGET_SECONDS
+  value: {{ .Values.untrustedSpecs.celBudgetSeconds | quote }}
+- name: MODELPRESS_ALLOW_PRIVATE_HTTP
+  value: {{ .Values.untrustedSpecs.http.allowPrivate | quote }}
+- name: MODELPRESS_HTTP_MAX_BYTES
+  value: {{ .Values.untrustedSpecs.http.maxBytes | int64 | quote }}
+- name: MODELPRESS_HTTP_TIMEOUT_SECONDS
+  value: {{ .Values.untrustedSpecs.http.timeoutSeconds | quote }}
+- name: MODELPRESS_HTTP_READ_TIMEOUT_SECONDS
+  value: {{ .Values.untrustedSpecs.http.readTimeoutSeconds | quote }}
 {{- if eq .Values.backend "local" }}
 - name: MODELPRESS_LOCAL_WORKDIR
   value: /var/lib/modelpress/runs

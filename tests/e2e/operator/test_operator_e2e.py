@@ -10,188 +10,32 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
-from kube_standin import KubeStandIn
+from operator_cluster import Cluster, Operator, running_operator, start_cluster, wait_until
 
-ROOT = Path(__file__).resolve().parents[3]
-EXAMPLE = ROOT / "examples" / "digits-prune-quantize.yaml"
 RUN_TIMEOUT_S = 600.0
-INFERENCE_SERVICE_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-    "metadata": {"name": "inferenceservices.serving.kserve.io"},
-    "spec": {"group": "serving.kserve.io", "scope": "Namespaced",
-             "names": {"kind": "InferenceService", "plural": "inferenceservices",
-                       "singular": "inferenceservice", "shortNames": ["isvc"]},
-             "versions": [{"name": "v1beta1", "served": True, "storage": True, "schema": {
-                 "openAPIV3Schema": {"type": "object",
-                                     "x-kubernetes-preserve-unknown-fields": True}}}]}}
 INFERENCE_SERVICE = {
     "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
-    "metadata": {"name": "digits", "namespace": "default"},
+    "metadata": {"name": "digits", "namespace": "default",
+                 "labels": {"modelpress.io/promotion": "enabled"}},  # it opts in
     "spec": {"predictor": {"model": {"modelFormat": {"name": "onnx"},
                                      "storageUri": "s3://models/digits/previous"}}}}
 pytestmark = pytest.mark.e2e
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_until(what: str, condition: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-@dataclass
-class Cluster:
-    api: KubeStandIn
-    root: Path
-    env: dict[str, str]
-    metrics_port: int
-    liveness_port: int
-
-    def kubectl(self, *args: str, check: bool = True) -> str:
-        done = subprocess.run(["kubectl", "--cache-dir", str(self.root / "kube-cache"), *args],
-                              env=self.env, cwd=self.root, capture_output=True, text=True,
-                              timeout=120)
-        assert not check or done.returncode == 0, done.stderr
-        return done.stdout + done.stderr
-
-    def job(self, name: str) -> dict[str, Any] | None:
-        found = [o for o in self.api.objects("compressionjobs", "default")
-                 if o["metadata"]["name"] == name]
-        return found[0] if found else None
-
-    def status(self, name: str) -> dict[str, Any]:
-        job = self.job(name)
-        return (job or {}).get("status") or {}
-
-    def runs(self) -> list[Path]:
-        folder = self.root / "runs"
-        return sorted(folder.iterdir()) if folder.is_dir() else []
-
-    def events(self, name: str) -> list[tuple[str, str]]:
-        return [(e["type"], e["reason"]) for e in self.api.objects("events", "default")
-                if e["involvedObject"]["name"] == name]
-
-    def first_write(self, name: str) -> dict[str, Any]:
-        """The job as the operator's first write left it (the API server's history)."""
-        return next(obj for _, type_, kind, obj in list(self.api.store.history)
-                    if type_ == "MODIFIED" and kind.plural == "compressionjobs"
-                    and obj["metadata"]["name"] == name)
-
-    def apply(self, name: str, annotations: dict[str, str] | None = None,
-              **spec_changes: Any) -> None:
-        """kubectl apply the digits example under `name`, changed as asked."""
-        document = yaml.safe_load(EXAMPLE.read_text())
-        document["metadata"].update(name=name, annotations=annotations or {})
-        document["spec"].update(spec_changes)
-        self.apply_document(document, name)
-
-    def apply_document(self, document: dict[str, Any], name: str) -> None:
-        path = self.root / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(document))
-        self.kubectl("apply", "-f", str(path))
-
-
-class Operator:
-    """`modelpress operator --backend local` as its own process (run_operator)."""
-
-    def __init__(self, cluster: Cluster) -> None:
-        self.cluster = cluster
-        self.process: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        log = (self.cluster.root / f"operator-{self.starts}.log").open("wb")
-        command = ("from modelpress.operator.main import run_operator; "
-                   f"run_operator('local', 'default', False, {self.cluster.metrics_port})")
-        self.process = subprocess.Popen([sys.executable, "-c", command], env=self.cluster.env,
-                                        cwd=self.cluster.root, stdout=log,
-                                        stderr=subprocess.STDOUT)
-        wait_until("the liveness endpoint", self.live, timeout=60)
-
-    def live(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.cluster.liveness_port}"
-                                        "/healthz", timeout=2) as answer:
-                return bool(answer.status == 200)
-        except OSError:
-            return False
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown handlers, as when a node dies."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.cluster.metrics_port}/metrics",
-                                    timeout=5) as answer:
-            return str(answer.read().decode())
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    root = tmp_path_factory.mktemp("operator-e2e")
-    crd = yaml.safe_load((ROOT / "charts" / "modelpress" / "crds" / "compressionjobs.yaml")
-                         .read_text())
-    api = KubeStandIn([crd, INFERENCE_SERVICE_CRD]).start()
-    kubeconfig = root / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "standin",
-        "clusters": [{"name": "standin", "cluster": {"server": api.url}}],
-        "users": [{"name": "tester", "user": {}}],
-        "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "tester",
-                                                     "namespace": "default"}}]}))
-    metrics_port, liveness_port = free_port(), free_port()
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig),
-           "MODELPRESS_LOCAL_WORKDIR": str(root / "runs"),
-           "MODELPRESS_DEFAULT_OUTPUT": (root / "outputs").as_uri() + "/{namespace}/{name}",
-           "MODELPRESS_POLL_INTERVAL_SECONDS": "1",
-           "MODELPRESS_KSERVE_ENABLED": "true",
-           "MODELPRESS_LOG_DEBUG": "true",
-           "MODELPRESS_METRICS_ADDRESS": "127.0.0.1",
-           "MODELPRESS_LIVENESS_ENDPOINT": f"http://127.0.0.1:{liveness_port}/healthz"}
-    yield Cluster(api, root, env, metrics_port, liveness_port)
-    api.stop()
+    running = start_cluster(tmp_path_factory.mktemp("operator-e2e"))
+    yield running
+    running.api.stop()
 
 
 @pytest.fixture(scope="module")
 def operator(cluster: Cluster) -> Iterator[Operator]:
-    running = Operator(cluster)
-    running.start()
-    yield running
-    running.stop()
+    yield from running_operator(cluster)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """Stand-ins for pipelines.local.run_local that the local backend's workers import.
 
-Each has run_local's signature and writes the same progress events, in milliseconds.
+Each has run_local's signature (`trust_model_code` included, unused: they load no model)
+and writes the same progress events, in milliseconds.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def results_document(output: str, ratio: float = 4.0) -> ResultsDocument:
         promotion=PromotionVerdict(decision="Promoted", reasons=["no gates configured"]))
 
 
-def succeed(job: CompressionJob, output: str, workdir: Path, events: Path) -> str:
+def succeed(job: CompressionJob, output: str, workdir: Path, events: Path, *,
+            trust_model_code: bool = False) -> str:
     for step in STEPS:
         _emit(events, "started", step)
         _emit(events, "finished", step, seconds=0.01, message="ok")
@@ -59,7 +61,8 @@ def succeed(job: CompressionJob, output: str, workdir: Path, events: Path) -> st
     return ""
 
 
-def fail_at_prune(job: CompressionJob, output: str, workdir: Path, events: Path) -> str:
+def fail_at_prune(job: CompressionJob, output: str, workdir: Path, events: Path, *,
+                  trust_model_code: bool = False) -> str:
     _emit(events, "started", "fetch")
     _emit(events, "finished", "fetch", seconds=0.01, message="fetched")
     _emit(events, "started", "prune")
@@ -67,15 +70,18 @@ def fail_at_prune(job: CompressionJob, output: str, workdir: Path, events: Path)
     raise StepFailed("prune", "sparsity 0.99 leaves no weights")
 
 
-def crash(job: CompressionJob, output: str, workdir: Path, events: Path) -> str:
+def crash(job: CompressionJob, output: str, workdir: Path, events: Path, *,
+          trust_model_code: bool = False) -> str:
     raise RuntimeError("the runner broke")
 
 
-def die(job: CompressionJob, output: str, workdir: Path, events: Path) -> str:
+def die(job: CompressionJob, output: str, workdir: Path, events: Path, *,
+        trust_model_code: bool = False) -> str:
     os._exit(3)
 
 
-def hang(job: CompressionJob, output: str, workdir: Path, events: Path) -> str:
+def hang(job: CompressionJob, output: str, workdir: Path, events: Path, *,
+         trust_model_code: bool = False) -> str:
     """Starts a step with a child process of its own (as kfp.local does), then waits."""
     _emit(events, "started", "fetch")
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
@@ -84,7 +90,8 @@ def hang(job: CompressionJob, output: str, workdir: Path, events: Path) -> str:
     return ""
 
 
-def slow(job: CompressionJob, output: str, workdir: Path, events: Path) -> str:
+def slow(job: CompressionJob, output: str, workdir: Path, events: Path, *,
+         trust_model_code: bool = False) -> str:
     """Succeeds after a few seconds: long enough to restart an operator meanwhile."""
     time.sleep(float(os.environ.get("FAKE_RUN_SECONDS", "4")))
     return succeed(job, output, workdir, events)

@@ -26,8 +26,12 @@ def kfp_api() -> Iterator[KfpStandIn]:
     server.stop()
 
 
-def request(example: str = "digits-prune-quantize.yaml", key: str = "uid-1") -> RunRequest:
-    job = parse_job(yaml.safe_load((ROOT / "examples" / example).read_text()), example)
+def request(example: str = "digits-prune-quantize.yaml", key: str = "uid-1",
+            namespace: str | None = None) -> RunRequest:
+    document = yaml.safe_load((ROOT / "examples" / example).read_text())
+    if namespace:
+        document["metadata"]["namespace"] = namespace
+    job = parse_job(document, example)
     return RunRequest(key=key, job=job, output="s3://modelpress/ml/digits/")
 
 
@@ -116,6 +120,17 @@ def test_capacity_counts_runs_in_flight(kfp_api: KfpStandIn) -> None:
     assert not kfp.has_capacity()
     kfp_api.set_run(first, "SUCCEEDED")
     assert kfp.has_capacity()
+
+
+def test_runs_are_counted_per_namespace_by_their_name(kfp_api: KfpStandIn) -> None:
+    kfp = backend(kfp_api.url, max_runs=10)
+    first = kfp.submit(request(key="a-1", namespace="team-a"))
+    kfp.submit(request(key="a-2", namespace="team-a"))
+    kfp.submit(request(key="b-1", namespace="team-a-evil"))
+    assert (kfp.runs_in_namespace("team-a"), kfp.runs_in_namespace("team-a-evil"),
+            kfp.runs_in_namespace("team-b")) == (2, 1, 0)
+    kfp_api.set_run(first, "SUCCEEDED")
+    assert kfp.runs_in_namespace("team-a") == 1
 
 
 def test_5xx_answers_are_retried_with_backoff(kfp_api: KfpStandIn) -> None:

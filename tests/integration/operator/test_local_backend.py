@@ -25,8 +25,9 @@ def _workers_import_the_fakes(monkeypatch: pytest.MonkeyPatch) -> None:
         str(HERE), os.environ.get("PYTHONPATH")])))
 
 
-def request(tmp_path: Path, key: str = "uid-1") -> RunRequest:
+def request(tmp_path: Path, key: str = "uid-1", namespace: str = "default") -> RunRequest:
     document = yaml.safe_load((ROOT / "examples" / "digits-prune-quantize.yaml").read_text())
+    document["metadata"]["namespace"] = namespace
     job = parse_job(document, "digits")
     return RunRequest(key=key, job=job, output=(tmp_path / "output" / key).as_uri())
 
@@ -113,6 +114,22 @@ def test_capacity_counts_live_workers(tmp_path: Path) -> None:
     assert not local.has_capacity()
     local.terminate(run_id)
     assert local.has_capacity()
+
+
+def test_runs_are_counted_per_namespace(tmp_path: Path) -> None:
+    local = backend(tmp_path, "hang", max_runs=5)
+    first = local.submit(request(tmp_path, "a-1", namespace="team-a"))
+    local.submit(request(tmp_path, "a-2", namespace="team-a"))
+    local.submit(request(tmp_path, "b-1", namespace="team-b"))
+    counts = {namespace: local.runs_in_namespace(namespace)
+              for namespace in ("team-a", "team-b", "team-c")}
+    assert counts == {"team-a": 2, "team-b": 1, "team-c": 0}
+    local.terminate(first)
+    assert local.runs_in_namespace("team-a") == 1
+    restarted = backend(tmp_path, "hang", max_runs=5)  # reads the namespaces from the folders
+    assert restarted.runs_in_namespace("team-a") == 1
+    for run_id in ("local-a-2", "local-b-1"):
+        local.terminate(run_id)
 
 
 def test_an_unknown_run_is_lost(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ one-line errors jobfile makes of a ValidationError."""
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -418,3 +419,82 @@ def test_load_job_names_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput) as caught:
         load_job(tmp_path / "nowhere.yaml")
     assert caught.value.where.endswith("nowhere.yaml")
+
+
+# ----------------------------------------------------- untrusted specs: uris, conditions
+
+SECRET = "s3cr3t-Pa55"
+
+
+def _minimal_with(path: str, value: Any) -> dict[str, Any]:
+    """MINIMAL with the dotted `path` (mappings only) set, missing mappings added."""
+    changed = copy.deepcopy(MINIMAL)
+    *parents, last = path.split(".")
+    node = changed
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+    return changed
+
+
+@pytest.mark.parametrize("path", ["spec.model.uri", "spec.data.eval", "spec.output",
+                                  "spec.promotion.target"])
+@pytest.mark.parametrize("uri", [
+    f"s3://AKIAEXAMPLE:{SECRET}@bucket/model.onnx",
+    f"https://reader:{SECRET}@models.example/model.onnx",
+    f"http://{SECRET}@models.example/model.onnx",
+    f"file://user:{SECRET}@localhost/models/model.onnx",
+    f"hf://token:{SECRET}@org/model",
+])
+def test_a_uri_with_credentials_is_refused_without_repeating_them(path: str, uri: str) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        parse_job(_minimal_with(path, uri), "job.yaml")
+    message = str(refused.value)
+    assert message.startswith(f"job.yaml: {path}: a uri may not hold credentials"), message
+    assert SECRET not in message and "\n" not in message
+
+
+@pytest.mark.parametrize("uri", [
+    "s3://bucket/team@example/model.onnx",  # an "@" in the key, not before the host
+    "https://models.example/model.onnx?signature=a@b",
+    "hf://org/model@main",
+    "file:///models/a@b/model.onnx",
+])
+def test_an_at_sign_after_the_host_is_no_credential(uri: str) -> None:
+    assert parse_job(_with(MINIMAL, "spec.model.uri", uri), "job.yaml").spec.model.uri == uri
+
+
+def test_the_crd_pattern_refuses_credentials_too() -> None:
+    """The schema's own pattern (what the API server checks) says the same as the model."""
+    schema = CompressionJob.model_json_schema(by_alias=True)
+    pattern = re.compile(schema["$defs"]["ModelSource"]["properties"]["uri"]["pattern"])
+    assert pattern.match("s3://bucket/team@example/model.onnx")
+    assert pattern.match("file:///models/model.onnx")
+    assert not pattern.match(f"s3://AKIAEXAMPLE:{SECRET}@bucket/model.onnx")
+    assert not pattern.match("https://reader@models.example/model.onnx")
+    assert not pattern.match("s3://")
+
+
+@pytest.mark.parametrize(("condition", "problem"), [
+    ("results.compressionRatio >= 2.0 || " * 30 + "true",
+     "String should have at most 1024 characters"),
+    ("(" * 33 + "true" + ")" * 33, "parentheses, brackets and braces nest 33 deep; at most 32"),
+    ("[" * 33 + "]" * 33 + " == []", "parentheses, brackets and braces nest 33 deep"),
+    ("size({'a': " * 17 + "1" + "}) > 0" * 17, "parentheses, brackets and braces nest 34 deep"),
+    ("true ? " * 33 + "true" + " : false" * 33, "33 ?: conditionals; at most 32"),
+])
+def test_a_condition_too_long_or_too_deep_is_refused(condition: str, problem: str) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        parse_job(_minimal_with("spec.promotion.condition", condition), "job.yaml")
+    assert f"spec.promotion.condition: {problem}" in str(refused.value)
+
+
+@pytest.mark.parametrize("condition", [
+    "(" * 32 + "true" + ")" * 32,
+    "true ? " * 32 + "true" + " : false" * 32,
+    "'" + "(" * 40 + "?" * 40 + "' != ''",  # inside a string literal: neither counts
+    '"\\"' + "(" * 40 + '" != r\'\'\'' + "[" * 40 + "'''",
+])
+def test_a_condition_within_the_caps_is_accepted(condition: str) -> None:
+    job = parse_job(_minimal_with("spec.promotion.condition", condition), "job.yaml")
+    assert job.spec.promotion.condition == condition

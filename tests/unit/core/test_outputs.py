@@ -76,3 +76,12 @@ def test_the_lock_never_lies_inside_the_output(tmp_path: Path) -> None:
     assert output not in lock_path(str(output)).parents
     assert lock_path(str(output)) == lock_path(str(output) + "/")
     assert lock_path("s3://a/b/") != lock_path("s3://a/c/")
+
+
+@pytest.mark.parametrize("location", ["s3://key:s3cr3t@bucket/out/", "s3://key@bucket/out/",
+                                      "file://user:s3cr3t@localhost/tmp/out"])
+def test_a_command_line_location_with_credentials_is_refused_unshown(location: str) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        check_output(location, "--output", {})
+    assert str(refused.value).startswith("--output: a uri may not hold credentials")
+    assert "s3cr3t" not in str(refused.value) and "key" not in str(refused.value)

@@ -1,8 +1,10 @@
-"""Builders for operator unit tests: a valid spec, statuses, run states and results."""
+"""Builders for operator unit tests: a valid spec, statuses, run states and results; the
+controller's fakes (backend, event sink, copier, clock)."""
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -10,7 +12,7 @@ from typing import Any
 import yaml
 
 from modelpress.api import CompressionStatus, Results, StepStatus
-from modelpress.operator.backends.base import RunState
+from modelpress.operator.backends.base import BackendError, RunRequest, RunState
 from modelpress.operator.reconcile import (
     Config,
     Decision,
@@ -25,7 +27,10 @@ from modelpress.operator.reconcile import (
 ROOT = Path(__file__).resolve().parents[3]
 NOW = datetime(2025, 5, 1, 12, 0, 0, tzinfo=UTC)
 EARLIER = NOW - timedelta(minutes=5)
-CONFIG = Config(default_output="file:///outputs/{namespace}/{name}")
+# Jobs write under /outputs/<namespace>/ and promote under /models/<namespace>/.
+CONFIG = Config(default_output="file:///outputs/{namespace}/{name}",
+                namespace_prefixes=("file:///outputs/{namespace}/", "file:///models/{namespace}/",
+                                    "s3://bucket/{namespace}/"))
 OUTPUT = "file:///outputs/ml/digits"
 _EXAMPLE = yaml.safe_load((ROOT / "examples" / "digits-prune-quantize.yaml").read_text())
 
@@ -109,3 +114,82 @@ def reconciled(view: JobView, observed: Observation, config: Config = CONFIG) ->
 def accepted(view: JobView, now: datetime = NOW, config: Config = CONFIG) -> CompressionStatus:
     """`accept` with the spec checked first, as the controller does."""
     return accept(view, checked(view, config), now)
+
+
+# ------------------------------------------------------------ the controller's fakes
+
+
+@dataclass
+class FakeBackend:
+    name: str = "local"
+    capacity: int = 10
+    phase: str = "Running"
+    fail_with: str | None = None
+    submitted: list[RunRequest] = field(default_factory=list)
+    terminated: list[str] = field(default_factory=list)
+    capacity_checks: int = 0
+
+    def submit(self, request: RunRequest) -> str:
+        if self.fail_with:
+            raise BackendError(self.fail_with)
+        self.submitted.append(request)
+        return f"run-{len(self.submitted)}"
+
+    def poll(self, run_id: str) -> RunState:
+        if self.fail_with:
+            raise BackendError(self.fail_with)
+        return RunState(run_id=run_id, phase=self.phase)  # type: ignore[arg-type]
+
+    def terminate(self, run_id: str) -> None:
+        self.terminated.append(run_id)
+
+    def has_capacity(self) -> bool:
+        self.capacity_checks += 1
+        in_flight = len(self.submitted) - len(self.terminated)
+        return in_flight < self.capacity
+
+    def runs_in_namespace(self, namespace: str) -> int:
+        self.capacity_checks += 1
+        return sum(1 for number, request in enumerate(self.submitted, start=1)
+                   if f"run-{number}" not in self.terminated
+                   and request.job.metadata.namespace == namespace)
+
+
+@dataclass
+class Events:
+    seen: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def __call__(self, type_: str, reason: str, message: str) -> None:
+        self.seen.append((type_, reason, message))
+
+    def reasons(self) -> list[str]:
+        return [reason for _, reason, _ in self.seen]
+
+
+@dataclass
+class Copier:
+    fail_with: str | None = None
+    copies: list[tuple[str, str]] = field(default_factory=list)
+
+    def __call__(self, output: str, target: str) -> None:
+        if self.fail_with:
+            raise OSError(self.fail_with)
+        self.copies.append((output, target))
+
+
+@dataclass
+class Ticks:
+    """A monotonic clock the test moves."""
+
+    now: float = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def apply(view: JobView, patch: dict[str, Any]) -> JobView:
+    """The job as the API server holds it after the status patch (a new resourceVersion)."""
+    status = {**(view.status or {}), **patch}
+    status = {key: value for key, value in status.items() if value is not None}
+    return replace(view, status=status,
+                   resource_version=str(int(view.resource_version or 0) + 1))

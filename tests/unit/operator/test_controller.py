@@ -3,81 +3,30 @@ queue at the cap, finalize."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import pytest
-from opfixtures import CONFIG, NOW, OUTPUT, job, run_results, spec
+from opfixtures import (
+    CONFIG,
+    NOW,
+    OUTPUT,
+    Copier,
+    Events,
+    FakeBackend,
+    Ticks,
+    apply,
+    job,
+    run_results,
+    spec,
+)
 
 from modelpress.operator import controller as controller_module
-from modelpress.operator.backends.base import BackendError, RunRequest, RunState
 from modelpress.operator.controller import FULL_FOR_SECONDS, Controller, view_of
 from modelpress.operator.metrics import OperatorMetrics
 from modelpress.operator.reconcile import Checked, Config, JobView, RunResults, checked
 
-TARGET = "file:///models/digits/prod"
-
-
-@dataclass
-class FakeBackend:
-    name: str = "local"
-    capacity: int = 10
-    phase: str = "Running"
-    fail_with: str | None = None
-    submitted: list[RunRequest] = field(default_factory=list)
-    terminated: list[str] = field(default_factory=list)
-    capacity_checks: int = 0
-
-    def submit(self, request: RunRequest) -> str:
-        if self.fail_with:
-            raise BackendError(self.fail_with)
-        self.submitted.append(request)
-        return f"run-{len(self.submitted)}"
-
-    def poll(self, run_id: str) -> RunState:
-        if self.fail_with:
-            raise BackendError(self.fail_with)
-        return RunState(run_id=run_id, phase=self.phase)  # type: ignore[arg-type]
-
-    def terminate(self, run_id: str) -> None:
-        self.terminated.append(run_id)
-
-    def has_capacity(self) -> bool:
-        self.capacity_checks += 1
-        in_flight = len(self.submitted) - len(self.terminated)
-        return in_flight < self.capacity
-
-
-@dataclass
-class Events:
-    seen: list[tuple[str, str, str]] = field(default_factory=list)
-
-    def __call__(self, type_: str, reason: str, message: str) -> None:
-        self.seen.append((type_, reason, message))
-
-    def reasons(self) -> list[str]:
-        return [reason for _, reason, _ in self.seen]
-
-
-@dataclass
-class Copier:
-    fail_with: str | None = None
-    copies: list[tuple[str, str]] = field(default_factory=list)
-
-    def __call__(self, output: str, target: str) -> None:
-        if self.fail_with:
-            raise OSError(self.fail_with)
-        self.copies.append((output, target))
-
-
-@dataclass
-class Ticks:
-    """A monotonic clock the test moves."""
-
-    now: float = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+TARGET = "file:///models/ml/digits/prod"
 
 
 def _controller(backend: FakeBackend, copier: Copier | None = None,
@@ -86,13 +35,6 @@ def _controller(backend: FakeBackend, copier: Copier | None = None,
                       results_reader=lambda output: results or run_results(),
                       copier=copier or Copier(), clock=lambda: NOW,
                       monotonic=ticks or Ticks())
-
-
-def _apply(view: JobView, patch: dict[str, Any]) -> JobView:
-    """The job as the API server holds it after the status patch (a new resourceVersion)."""
-    status = {**(view.status or {}), **patch}
-    status = {key: value for key, value in status.items() if value is not None}
-    return replace(view, status=status, resource_version=str(int(view.resource_version or 0) + 1))
 
 
 def test_create_submits_and_records_the_run() -> None:
@@ -117,7 +59,7 @@ def test_a_stale_body_continues_from_the_status_written_last() -> None:
 
 def test_a_restarted_operator_resumes_from_the_status() -> None:
     backend = FakeBackend()
-    view = _apply(job(), _controller(backend).sync(job(), Events()))
+    view = apply(job(), _controller(backend).sync(job(), Events()))
     restarted = _controller(backend)
     patch = restarted.sync(view, Events())
     assert len(backend.submitted) == 1
@@ -127,7 +69,7 @@ def test_a_restarted_operator_resumes_from_the_status() -> None:
 def test_submit_failure_is_reported_and_retried() -> None:
     backend, events = FakeBackend(fail_with="KFP API unreachable"), Events()
     controller = _controller(backend)
-    view = _apply(job(), controller.sync(job(), events))
+    view = apply(job(), controller.sync(job(), events))
     assert "runId" not in (view.status or {})
     assert ("Warning", "SubmitFailed") in {(t, r) for t, r, _ in events.seen}
     assert controller.metrics.registry.get_sample_value(
@@ -142,22 +84,22 @@ def test_jobs_beyond_the_cap_are_queued_until_a_slot_frees() -> None:
     controller = _controller(backend)
     first = job()
     second = JobView("ml", "other", "uid-2", 1, spec(), {})
-    first = _apply(first, controller.sync(first, Events()))
+    first = apply(first, controller.sync(first, Events()))
     queued = controller.sync(second, Events())
     assert any(c["reason"] == "Queued" for c in queued["conditions"])
     assert len(backend.submitted) == 1
     backend.phase = "Succeeded"
     controller.sync(first, Events())
     backend.terminated.append("run-1")  # the finished run no longer holds a slot
-    assert controller.sync(_apply(second, queued), Events())["runId"] == "run-2"
+    assert controller.sync(apply(second, queued), Events())["runId"] == "run-2"
 
 
 def _one_running_one_queued(ticks: Ticks) -> tuple[Controller, FakeBackend, JobView, JobView]:
     backend = FakeBackend(capacity=1)
     controller = _controller(backend, ticks=ticks)
-    first = _apply(job(), controller.sync(job(), Events()))
+    first = apply(job(), controller.sync(job(), Events()))
     second = JobView("ml", "other", "uid-2", 1, spec(), {})
-    second = _apply(second, controller.sync(second, Events()))
+    second = apply(second, controller.sync(second, Events()))
     return controller, backend, first, second
 
 
@@ -191,7 +133,7 @@ def test_accept_writes_the_first_status_without_the_backend() -> None:
     assert backend.capacity_checks == 0 and backend.submitted == []
     assert controller.metrics.registry.get_sample_value(
         "modelpress_jobs", {"namespace": "ml", "phase": "Pending"}) == 1
-    follow = controller.sync(_apply(job(), patch), events)  # the create handler's sync
+    follow = controller.sync(apply(job(), patch), events)  # the create handler's sync
     assert follow["runId"] == "run-1"
     assert events.reasons().count("Queued") == 1
 
@@ -204,17 +146,17 @@ def test_accept_fails_an_invalid_job_with_one_warning() -> None:
     patch = controller.accept(job(bad), events)
     assert patch["phase"] == "Failed"
     assert [(t, r) for t, r, _ in events.seen] == [("Warning", "InvalidSpec")]
-    assert controller.sync(_apply(job(bad), patch), events) == {}  # settled: nothing more
+    assert controller.sync(apply(job(bad), patch), events) == {}  # settled: nothing more
 
 
 def test_backend_outage_is_visible_and_recovers() -> None:
     backend = FakeBackend()
     controller = _controller(backend)
-    view = _apply(job(), controller.sync(job(), Events()))
-    view = _apply(view, controller.sync(view, Events()))
+    view = apply(job(), controller.sync(job(), Events()))
+    view = apply(view, controller.sync(view, Events()))
     backend.fail_with = "503 Service Unavailable"
     events = Events()
-    view = _apply(view, controller.sync(view, events))
+    view = apply(view, controller.sync(view, events))
     assert view.status is not None and view.status["phase"] == "Running"
     assert events.seen == [("Warning", "BackendUnavailable", "503 Service Unavailable")]
     backend.fail_with = None
@@ -232,8 +174,8 @@ def test_success_promotes_by_copying_to_the_target() -> None:
     view, backend = _finished_job({"gates": {"minCompressionRatio": 3.5}, "target": TARGET})
     copier, events = Copier(), Events()
     controller = _controller(backend, copier)
-    view = _apply(view, controller.sync(view, Events()))
-    view = _apply(view, controller.sync(view, events))
+    view = apply(view, controller.sync(view, Events()))
+    view = apply(view, controller.sync(view, events))
     assert copier.copies == [(OUTPUT, TARGET)]
     assert view.status is not None
     assert view.status["phase"] == "Succeeded"
@@ -248,13 +190,13 @@ def test_failed_copy_keeps_the_decision_pending_and_retries() -> None:
     view, backend = _finished_job({"target": TARGET})
     copier = Copier(fail_with="bucket not found")
     controller = _controller(backend, copier)
-    view = _apply(view, controller.sync(view, Events()))
+    view = apply(view, controller.sync(view, Events()))
     events = Events()
-    view = _apply(view, controller.sync(view, events))
+    view = apply(view, controller.sync(view, events))
     assert view.status is not None and view.status["promotion"]["decision"] == "Pending"
     assert ("Warning", "PromotionFailed") in {(t, r) for t, r, _ in events.seen}
     copier.fail_with = None
-    view = _apply(view, controller.sync(view, Events()))
+    view = apply(view, controller.sync(view, Events()))
     assert view.status is not None and view.status["promotion"]["decision"] == "Promoted"
 
 
@@ -262,8 +204,8 @@ def test_rejected_job_copies_nothing() -> None:
     view, backend = _finished_job({"gates": {"minCompressionRatio": 50}, "target": TARGET})
     copier, events = Copier(), Events()
     controller = _controller(backend, copier)
-    view = _apply(view, controller.sync(view, Events()))
-    view = _apply(view, controller.sync(view, events))
+    view = apply(view, controller.sync(view, Events()))
+    view = apply(view, controller.sync(view, events))
     assert copier.copies == []
     assert view.status is not None and view.status["promotion"]["decision"] == "Rejected"
     assert ("Warning", "GatesFailed") in {(t, r) for t, r, _ in events.seen}
@@ -274,8 +216,8 @@ def test_rejected_job_copies_nothing() -> None:
 def test_delete_terminates_only_runs_in_flight(phase: str, terminated: list[str]) -> None:
     backend = FakeBackend(phase=phase)
     controller = _controller(backend)
-    view = _apply(job(), controller.sync(job(), Events()))
-    view = _apply(view, controller.sync(view, Events()))
+    view = apply(job(), controller.sync(job(), Events()))
+    view = apply(view, controller.sync(view, Events()))
     events = Events()
     controller.delete(view, events)
     assert backend.terminated == terminated
@@ -299,9 +241,9 @@ def parses(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
 
 def test_a_spec_is_parsed_once_per_generation(parses: list[tuple[str, int]]) -> None:
     controller = _controller(FakeBackend())
-    view = _apply(job(), controller.accept(job(), Events()))
+    view = apply(job(), controller.accept(job(), Events()))
     for _ in range(3):  # submitted, then running, then polled while running
-        view = _apply(view, controller.sync(view, Events()))
+        view = apply(view, controller.sync(view, Events()))
     assert view.status is not None and view.status["phase"] == "Running"
     assert parses == [("uid-1", 1)]
     edited = replace(view, generation=2, spec=spec(gates={"minCompressionRatio": 2.0}))
@@ -314,17 +256,17 @@ def test_a_changed_spec_is_acted_on_in_its_new_generation() -> None:
     """What the cache returns for a new generation is that generation's spec."""
     backend = FakeBackend(phase="Succeeded")
     controller = _controller(backend)
-    view = _apply(job(), controller.sync(job(), Events()))
-    view = _apply(view, controller.sync(view, Events()))
+    view = apply(job(), controller.sync(job(), Events()))
+    view = apply(view, controller.sync(view, Events()))
     assert view.status is not None and view.status["promotion"]["decision"] == "Promoted"
     tightened = replace(view, generation=2, spec=spec(gates={"minCompressionRatio": 50}))
-    view = _apply(tightened, controller.sync(tightened, Events()))
+    view = apply(tightened, controller.sync(tightened, Events()))
     assert view.status is not None and view.status["promotion"]["decision"] == "Rejected"
 
 
 def test_a_deleted_job_is_forgotten(parses: list[tuple[str, int]]) -> None:
     controller = _controller(FakeBackend())
-    view = _apply(job(), controller.sync(job(), Events()))
+    view = apply(job(), controller.sync(job(), Events()))
     controller.delete(view, Events())
     controller.sync(view, Events())  # the same uid again: nothing of it was kept
     assert parses == [("uid-1", 1), ("uid-1", 1)]

@@ -121,8 +121,11 @@ def test_copy_without_a_model_fails_and_copies_nothing(tmp_path: Path) -> None:
 class FakeCustomObjects:
     """Stands in for kubernetes.client.CustomObjectsApi: records what was patched."""
 
-    def __init__(self, predictor: dict[str, Any]) -> None:
-        self.service = {"spec": {"predictor": predictor}}
+    def __init__(self, predictor: dict[str, Any],
+                 labels: dict[str, str] | None = None) -> None:
+        opted_in = {"modelpress.io/promotion": "enabled"}
+        self.service = {"metadata": {"labels": opted_in if labels is None else labels},
+                        "spec": {"predictor": predictor}}
         self.patches: list[tuple[str, str, dict[str, Any]]] = []
 
     def get_namespaced_custom_object(self, group: str, version: str, namespace: str,

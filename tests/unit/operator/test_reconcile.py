@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -126,10 +127,10 @@ def test_submit_names_the_job_uid_output_and_plans_every_step() -> None:
 
 def test_spec_output_wins_over_the_default() -> None:
     value = spec()
-    value["output"] = "s3://bucket/mine/"
+    value["output"] = "s3://bucket/ml/mine/"
     decision = reconciled(job(value), Observation(NOW), CONFIG)
     (submit,) = [a for a in decision.actions if isinstance(a, SubmitRun)]
-    assert submit.request.output == "s3://bucket/mine/"
+    assert submit.request.output == "s3://bucket/ml/mine/"
 
 
 def test_invalid_spec_names_the_field_and_rejects_promotion() -> None:
@@ -219,7 +220,7 @@ def test_generation_is_observed_even_without_change() -> None:
 # --------------------------------------------------------------------------- promotion
 
 GATES_FAIL = {"gates": {"minCompressionRatio": 10.0}}
-TARGET = "file:///models/digits/production"
+TARGET = "file:///models/ml/digits/production"
 
 PROMOTIONS = [
     # id, promotion spec, annotations, config, decision, Promoted reason, actions
@@ -235,7 +236,7 @@ PROMOTIONS = [
     pytest.param({"condition": "results.speedup.cpu >= 5.0"}, {}, CONFIG, "Rejected",
                  "GatesFailed", [], id="cel-false"),
     pytest.param({}, {"modelpress.io/inference-service": "digits"},
-                 Config(default_output=CONFIG.default_output, kserve_enabled=True),
+                 replace(CONFIG, kserve_enabled=True),
                  "Pending", "AwaitingResults", ["Promote"], id="kserve-patch-when-enabled"),
     pytest.param({}, {"modelpress.io/inference-service": "digits"}, CONFIG, "Promoted",
                  "GatesPassed", [], id="kserve-annotation-ignored-when-disabled"),
@@ -259,12 +260,12 @@ def test_promotion_on_success(promotion: dict[str, Any], annotations: dict[str, 
 
 def test_promote_action_carries_output_target_and_service() -> None:
     observed = Observation(NOW, run=run("Succeeded"), results=run_results())
-    config = Config(default_output=CONFIG.default_output, kserve_enabled=True)
+    config = replace(CONFIG, kserve_enabled=True)
     result = reconciled(job(spec(target=TARGET), in_flight(),
-                           annotations={"modelpress.io/inference-service": "serving/digits"}),
+                           annotations={"modelpress.io/inference-service": "ml/digits"}),
                        observed, config)
     (promote,) = [a for a in result.actions if isinstance(a, Promote)]
-    assert promote == Promote(output=OUTPUT, target=TARGET, inference_service="serving/digits")
+    assert promote == Promote(output=OUTPUT, target=TARGET, inference_service="digits")
 
 
 def test_rejection_lists_every_failed_gate() -> None:
@@ -422,7 +423,8 @@ def _confined(tmp_path: Path) -> Config:
     (tmp_path / "allowed").mkdir()
     (tmp_path / "allowed" / "escape").symlink_to(tmp_path)
     return Config(default_output="s3://modelpress/{namespace}/{name}/",
-                  allowed_file_roots=(tmp_path / "allowed",))
+                  allowed_file_roots=(tmp_path / "allowed",),
+                  namespace_prefixes=("s3://modelpress/{namespace}/", f"file://{tmp_path}/"))
 
 
 @pytest.mark.parametrize(("field", "where"), [
@@ -476,3 +478,26 @@ def test_an_edit_aiming_the_promotion_outside_the_roots_is_rejected(tmp_path: Pa
     assert decision.status.promotion.decision == "Rejected"
     assert "spec.promotion.target" in decision.status.promotion.reasons[0]
     assert not [a for a in decision.actions if isinstance(a, Promote)]
+
+
+@pytest.mark.parametrize(("change", "where"), [
+    ({"model": {"uri": "s3://bucket/ml/model.pt2"}}, "spec.model.uri"),
+    ({"model": {"uri": "s3://bucket/ml/model.ts"}}, "spec.model.uri"),
+    ({"model": {"uri": "s3://bucket/ml/weights.pt", "architecture": "python://evil:build"}},
+     "spec.model.architecture"),
+    ({"steps": [{"distill": {"student": "python://evil:small"}}]},
+     "spec.steps[0].distill.student"),
+], ids=["pt2", "torchscript", "python-architecture", "python-student"])
+def test_model_code_fails_the_job_at_intake_unless_the_operator_trusts_it(
+        change: dict[str, Any], where: str) -> None:
+    """MODELPRESS_TRUST_MODEL_CODE off (the default): InvalidSpec naming the field, and no
+    run is submitted; on: the same job is submitted with nothing else changed."""
+    value = {**spec(), **change}
+    for status in (accepted(job(value), NOW, CONFIG),
+                   reconciled(job(value), Observation(NOW), CONFIG).status):
+        assert status.phase == "Failed" and _reason(status) == INVALID_SPEC
+        message = find_condition(status, "Succeeded").message  # type: ignore[union-attr]
+        assert message.startswith(f"{where}: ") and "--trust-model-code" in message
+    assert _kinds(reconciled(job(value), Observation(NOW), CONFIG).actions) == []
+    trusting = replace(CONFIG, trust_model_code=True)
+    assert _kinds(reconciled(job(value), Observation(NOW), trusting).actions) == ["SubmitRun"]

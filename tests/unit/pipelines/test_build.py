@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
+from modelpress.errors import InvalidInput
 from modelpress.jobfile import load_job
 from modelpress.pipelines.build import (
     DEFAULT_AUTO_BAR,
@@ -135,3 +137,12 @@ def test_steps_get_the_store_endpoint_and_credentials_secret(tmp_path: Path,
         assert spec["secretAsEnv"][0]["secretName"] == "modelpress-minio"
         assert {m["envVar"] for m in spec["secretAsEnv"][0]["keyToEnv"]} == {
             "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+
+
+def test_an_s3_endpoint_with_credentials_never_reaches_the_ir(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELPRESS_S3_ENDPOINT", "http://key:s3cr3t@127.0.0.1:9000")
+    job = load_job(ROOT / "examples" / "digits-prune-quantize.yaml")
+    with pytest.raises(InvalidInput, match="^MODELPRESS_S3_ENDPOINT: a uri may not") as refused:
+        compile_pipeline(job, "s3://modelpress/default/x/", str(tmp_path / "ir.yaml"))
+    assert "s3cr3t" not in str(refused.value) and not (tmp_path / "ir.yaml").exists()

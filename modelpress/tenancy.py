@@ -1,0 +1,110 @@
+"""Namespace scope: whether a location lies under a namespace's prefixes.
+
+A shared operator gives each namespace its own part of the artifact store
+(MODELPRESS_NAMESPACE_PREFIXES, e.g. `s3://modelpress/{namespace}/`). Every place a job
+reads from or writes to must lie under one of those once `{namespace}` is the job's own.
+"Under" is decided on path segments, so a look-alike (`team-a-evil/` beside `team-a/`) is
+not under `team-a/`; `..` is resolved (and symlinks too, for `file://`), so
+`team-a/../team-b/` is not either.
+
+S3 keys are compared twice: as written and with `..` resolved. A server that resolves
+`..` writes the second, one that does not writes the first; a location counts as under a
+prefix only when both are. The key is read literally, as the steps' S3 reader reads it,
+and a key holding `?`, `#` or `\\` is refused, since uri parsers disagree about those.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from modelpress.errors import StoreError, one_line
+from modelpress.store import local_folder
+
+NAMESPACE_FIELD = "{namespace}"
+DEFAULT_PREFIXES = ("s3://modelpress/{namespace}/",)
+# A namespace name that stands in for every namespace when a template is checked.
+PROBE_NAMESPACE = "a-namespace"
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_AMBIGUOUS = ("?", "#", "\\")
+_USERINFO = re.compile(r"^(\w+://)[^/]*@")
+
+
+def expand(templates: Sequence[str], namespace: str) -> list[str]:
+    """The prefixes of `namespace`: each template with `{namespace}` replaced."""
+    return [template.replace(NAMESPACE_FIELD, namespace) for template in templates]
+
+
+def template_error(template: str) -> str | None:
+    """Why `template` cannot serve as a prefix (not s3:// or file://, `..` in it), or None."""
+    prefix = template.replace(NAMESPACE_FIELD, PROBE_NAMESPACE)
+    if not prefix.startswith(("s3://", "file://")):
+        return f"{template}: a prefix is an s3:// or file:// location"
+    if ".." in prefix.split("/"):
+        return f"{template}: a prefix may not contain '..'"
+    try:
+        _place(prefix)
+    except StoreError as error:
+        return one_line(str(error))
+    return None
+
+
+def outside(location: str, prefixes: Sequence[str]) -> str | None:
+    """None when `location` lies under one of `prefixes` (already expanded); otherwise one
+    line saying why not, naming the prefixes."""
+    if _USERINFO.match(location):  # said without echoing what may be a password
+        shown = _USERINFO.sub(r"\1***@", location)
+        return f"{shown}: a location may not carry credentials"
+    try:
+        place = _place(location)
+    except StoreError as error:
+        return one_line(str(error))
+    if any(_under(place, _place(prefix)) for prefix in prefixes):
+        return None
+    allowed = ", ".join(prefixes) or "none are configured"
+    return f"{location} lies outside this namespace's locations ({allowed})"
+
+
+# A location as compared: (scheme, bucket, path segments as written, resolved segments).
+_Place = tuple[str, str, tuple[str, ...], tuple[str, ...]]
+
+
+def _place(location: str) -> _Place:
+    if location.startswith("s3://"):
+        return _s3_place(location)
+    path = local_folder(location).expanduser()  # StoreError for another scheme or host
+    if not path.is_absolute():
+        raise StoreError(f"{location} is not an absolute path")
+    resolved = path.resolve()
+    return "file", "", resolved.parts, resolved.parts
+
+
+def _s3_place(location: str) -> _Place:
+    rest = location.removeprefix("s3://")
+    if any(character in rest for character in _AMBIGUOUS):
+        raise StoreError(f"{location}: an s3 location holding '?', '#' or '\\' is ambiguous")
+    bucket, _, key = rest.partition("/")
+    if not _BUCKET.match(bucket):
+        raise StoreError(f"{location}: {bucket!r} is not a valid bucket name")
+    written = tuple(segment for segment in key.split("/") if segment not in ("", "."))
+    return "s3", bucket, written, _resolve_dots(written, location)
+
+
+def _resolve_dots(segments: tuple[str, ...], location: str) -> tuple[str, ...]:
+    resolved: list[str] = []
+    for segment in segments:
+        if segment != "..":
+            resolved.append(segment)
+        elif resolved:
+            resolved.pop()
+        else:
+            raise StoreError(f"{location}: '..' climbs above the bucket")
+    return tuple(resolved)
+
+
+def _under(place: _Place, prefix: _Place) -> bool:
+    scheme, bucket, written, resolved = place
+    if (scheme, bucket) != prefix[:2]:
+        return False
+    wanted = prefix[3]
+    return all(segments[:len(wanted)] == wanted for segments in (written, resolved))
