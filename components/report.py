@@ -281,7 +281,7 @@ def report(name: str, job_name: str, promotion: Promotion, ledger: Ledger,
                       BASELINE: store.put_file(baseline_onnx, BASELINE),
                       REPORT: store.put_file(folder / REPORT, REPORT)}
             lineage = _lineage(ledger, stored, name)
-            store.put_file(write_lineage(lineage, folder / LINEAGE), LINEAGE)
+            stored[LINEAGE] = store.put_file(write_lineage(lineage, folder / LINEAGE), LINEAGE)
             artifacts = Artifacts(model=stored[MODEL].uri, baseline=stored[BASELINE].uri,
                                   report=stored[REPORT].uri, results=store.uri(RESULTS),
                                   lineage=store.uri(LINEAGE),
@@ -293,9 +293,11 @@ def report(name: str, job_name: str, promotion: Promotion, ledger: Ledger,
                              message=f"published to {store.root_uri}")
             document = ResultsDocument(results=results, artifacts=artifacts,
                                        steps=[*steps, own], promotion=verdict)
-            store.put_file(write_results_document(document, folder / RESULTS), RESULTS)
+            stored[RESULTS] = store.put_file(write_results_document(document, folder / RESULTS),
+                                             RESULTS)
     return clock.stamp(ReportRecord(
         artifacts=artifacts, promotion=verdict,
+        sha256={key: stored_object.sha256 for key, stored_object in stored.items()},
         message=f"published to {store.root_uri}; "
                 f"{_decision_line(verdict, gates_set(promotion))}"))
 

@@ -9,6 +9,7 @@ Every file here has one writer and one reader, and is read by attribute after th
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -141,6 +142,10 @@ class ReportRecord(StepRecord):
     kind: Literal["report"] = "report"
     artifacts: Artifacts
     promotion: PromotionVerdict
+    sha256: dict[str, str] = Field(
+        default_factory=dict,
+        description="sha256 of each file published, by name (results.json included): the "
+                    "run's record of what it wrote, which the operator holds the output to.")
 
 
 LedgerRecord = Annotated[
@@ -215,11 +220,25 @@ def write_results_document(document: ResultsDocument, path: Path) -> Path:
 def read_results_document(location: str) -> ResultsDocument:
     """results.json from a run's output (a folder, file:// or s3:// uri): StoreError when it
     is missing or is not a results document."""
+    return read_results_with_digest(location)[0]
+
+
+def read_results_with_digest(location: str) -> tuple[ResultsDocument, str]:
+    """`read_results_document`, and the sha256 of the very bytes it parsed (what the operator
+    compares with the run's own record)."""
     store = open_store(location)
     with tempfile.TemporaryDirectory(prefix="modelpress-results-") as scratch:
-        text = store.get_file(RESULTS, Path(scratch) / RESULTS).read_text(encoding="utf-8")
+        data = store.get_file(RESULTS, Path(scratch) / RESULTS).read_bytes()
+    return _results_document(data, store.uri(RESULTS)), hashlib.sha256(data).hexdigest()
+
+
+def _results_document(data: bytes, where: str) -> ResultsDocument:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise StoreError(f"{where} is not a modelpress results document: not UTF-8") from None
     try:
         return ResultsDocument.model_validate_json(text)
     except ValidationError as error:
-        raise StoreError(f"{store.uri(RESULTS)} is not a modelpress results document: "
+        raise StoreError(f"{where} is not a modelpress results document: "
                          f"{first_problem(error)}") from None

@@ -21,7 +21,7 @@ from modelpress.errors import ModelpressError
 from modelpress.operator import promotion
 from modelpress.operator.backends.base import Backend, BackendError, RunState
 from modelpress.operator.metrics import JobKey, OperatorMetrics
-from modelpress.operator.promotion import Promote, PromotionRefused
+from modelpress.operator.promotion import DigestMismatch, Promote, PromotionRefused
 from modelpress.operator.reconcile import (
     TERMINAL_PHASES,
     Action,
@@ -41,6 +41,7 @@ from modelpress.operator.reconcile import (
     transition_events,
 )
 from modelpress.operator.status import (
+    DIGEST_MISMATCH,
     QUEUED,
     SUCCEEDED,
     TERMINATED,
@@ -52,7 +53,7 @@ from modelpress.operator.status import (
     submit_failed,
     submitted,
 )
-from modelpress.records import read_results_document
+from modelpress.records import read_results_with_digest
 
 EventSink = Callable[[str, str, str], None]  # (type, reason, message)
 # For how long "every slot is taken" (overall, or in one namespace) is believed without
@@ -77,17 +78,18 @@ def view_of(body: Mapping[str, Any]) -> JobView:
 
 def read_results(output: str) -> RunResults:
     """results.json from a run's output store (what the report step publishes last), read
-    with the same reader as the CLI's."""
-    document = read_results_document(output)
+    with the same reader as the CLI's, with the sha256 of the bytes read."""
+    document, digest = read_results_with_digest(output)
     return RunResults(results=document.results, artifacts=document.artifacts.to_wire(),
-                      steps=document.steps)
+                      steps=document.steps, sha256=digest)
 
 
 class Controller:
     def __init__(self, backend: Backend, config: Config, metrics: OperatorMetrics, *,
                  results_reader: Callable[[str], RunResults] = read_results,
                  kserve_api: Any = None,
-                 copier: Callable[[str, str], None] = promotion.copy_to_target,
+                 copier: Callable[[str, str, Mapping[str, str]], None] = (
+                     promotion.copy_to_target),
                  clock: Callable[[], datetime] = utc_now,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.backend = backend
@@ -274,22 +276,29 @@ class Controller:
 
     def _promotion_outcome(self, action: Promote, status: CompressionStatus,
                            job: JobView) -> CompressionStatus:
+        recorded = status.promotion.sha256 if status.promotion else {}
         try:
-            self._promote(action, job.namespace)
+            self._promote(action, job.namespace, recorded)
         except PromotionRefused as error:
             return promotion_refused(status, str(error), self._clock())
+        except DigestMismatch as error:  # final: retrying reads the same forged bytes
+            return promotion.rejected(status, DIGEST_MISMATCH, [str(error)], self._clock())
         except Exception as error:  # any failure of the copy or patch is reported, retried
             self.record_error(job, error)
             return promotion_failed(status, str(error) or type(error).__name__, self._clock())
         return promoted(status, action.target, action.inference_service, self._clock())
 
-    def _promote(self, action: Promote, namespace: str) -> None:
-        """Copy, then patch; an InferenceService that has not opted in stops both."""
+    def _promote(self, action: Promote, namespace: str, recorded: Mapping[str, str]) -> None:
+        """Copy what the run recorded (`recorded`: sha256 by file name), then patch; an
+        InferenceService that has not opted in stops both. A service pointed at the output
+        itself is patched only while the model there is the one the run recorded."""
         service = action.inference_service
         if service:
             promotion.opted_in_service(self._kserve_api, namespace, service)
         if action.target:
-            self._copy(action.output, action.target)
+            self._copy(action.output, action.target, recorded)
+        elif service:
+            promotion.check_model(action.output, recorded)
         if service:
             promotion.patch_inference_service(self._kserve_api, namespace, service,
                                               action.target or action.output)

@@ -5,6 +5,11 @@ Deciding is pure and works on stored results, so editing `spec.promotion` re-jud
 finished job without re-running it. The gates themselves are judged in `modelpress.gates`,
 the same code the report step and `modelpress run` use. The actions are the only side
 effects, kept in two functions the controller calls.
+
+What is promoted is the model the run produced, not whatever the job's output holds now:
+the output is a place the job's tenant can write, so every file is copied only when the
+bytes read have the sha256 the run recorded (`RunState.recorded`, kept where the tenant
+cannot write), and a job whose run left no such record is not promoted at all.
 """
 
 from __future__ import annotations
@@ -21,14 +26,16 @@ from modelpress.api import CompressionStatus, Promotion, PromotionStatus
 from modelpress.operator.status import (
     GATES_FAILED,
     GATES_PASSED,
+    NO_RUN_RECORD,
     PROMOTED,
     SERVICE_REFUSED,
     with_condition,
 )
-from modelpress.store import Store, open_store
+from modelpress.store import Store, open_store, sha256_of
 
 # What a promoted model consists of: the model and the evidence that it passed.
-PROMOTED_FILES = ("model.onnx", "results.json", "report.html", "lineage.json")
+MODEL = "model.onnx"
+PROMOTED_FILES = (MODEL, "results.json", "report.html", "lineage.json")
 KSERVE_GROUP, KSERVE_VERSION, KSERVE_PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 # A job's annotation naming the InferenceService ("name", or "namespace/name" with the
 # job's own namespace) to point at the promoted model.
@@ -39,6 +46,10 @@ PROMOTION_LABEL = "modelpress.io/promotion"
 
 class PromotionRefused(Exception):
     """The InferenceService has not opted in to promotion by modelpress."""
+
+
+class DigestMismatch(Exception):
+    """A file to promote is not what the run recorded (changed, or never recorded)."""
 
 
 @dataclass(frozen=True)
@@ -52,11 +63,12 @@ class Promote:
 
 
 def decide(status: CompressionStatus, promotion: Promotion, annotations: Mapping[str, str],
-           kserve_enabled: bool, output: str, namespace: str,
-           now: datetime) -> tuple[CompressionStatus, list[Promote]]:
+           kserve_enabled: bool, output: str, namespace: str, now: datetime,
+           recorded: Mapping[str, str]) -> tuple[CompressionStatus, list[Promote]]:
     """Judge a succeeded job (in `namespace`) on its results: rejected with every failed
-    gate or for an InferenceService in another namespace, promoted at once when there is
-    nothing to do, else Pending with the Promote action that finishes it."""
+    gate, for an InferenceService in another namespace, or when there is something to
+    promote but the run recorded no digest of its model (`recorded`); promoted at once when
+    there is nothing to do, else Pending with the Promote action that finishes it."""
     assert status.results is not None
     verdict = gates.judge(status.results, promotion)
     if verdict.decision == "Rejected":
@@ -74,6 +86,10 @@ def decide(status: CompressionStatus, promotion: Promotion, annotations: Mapping
     if current and current.decision == "Promoted" and current.promoted_uri == promotion.target:
         return status.model_copy(update={"promotion": current.model_copy(
             update={"reasons": reasons})}), []
+    if MODEL not in recorded:
+        return rejected(status, NO_RUN_RECORD, [*reasons, (
+            "the run left no record of its model's sha256, so what its output holds cannot "
+            "be verified: nothing was promoted")], now), []
     status = status.model_copy(update={"promotion": PromotionStatus(
         decision="Pending", reasons=reasons)})
     return status, [Promote(output=output, target=promotion.target, inference_service=service)]
@@ -101,20 +117,48 @@ def _service(annotations: Mapping[str, str], kserve_enabled: bool, namespace: st
 
 def rejected(status: CompressionStatus, reason: str, reasons: list[str],
              now: datetime) -> CompressionStatus:
+    """Rejected for `reason`; the digests the run recorded stay in the status."""
+    current = status.promotion or PromotionStatus(decision="Pending")
     status = status.model_copy(update={"promotion": PromotionStatus(
-        decision="Rejected", reasons=reasons)})
+        decision="Rejected", reasons=reasons, sha256=current.sha256,
+        model_sha256=current.model_sha256)})
     return with_condition(status, PROMOTED, "False", reason, "; ".join(reasons), now)
 
 
-def copy_to_target(output: str, target: str,
+def copy_to_target(output: str, target: str, recorded: Mapping[str, str],
                    opener: Callable[[str], Store] = open_store) -> None:
-    """Copy the promoted files from the job's output to `target` (StoreError on failure)."""
+    """Copy the promoted files the run recorded (`recorded`: sha256 by file name) from the
+    job's output to `target`. Every file is read and hashed before any is written, and the
+    bytes written are the bytes hashed: DigestMismatch, with the target untouched, when one
+    differs from the record (StoreError when one cannot be read or written)."""
     source, destination = opener(output), opener(target)
     with tempfile.TemporaryDirectory(prefix="modelpress-promote-") as scratch:
-        for key in PROMOTED_FILES:
-            if key == "model.onnx" or source.exists(key):
-                local = source.get_file(key, Path(scratch) / key)
-                destination.put_file(local, key)
+        staged = {key: verified(source, key, recorded, Path(scratch))
+                  for key in (MODEL, *(k for k in PROMOTED_FILES if k != MODEL and k in recorded))}
+        for key, local in staged.items():
+            destination.put_file(local, key)
+
+
+def check_model(output: str, recorded: Mapping[str, str],
+                opener: Callable[[str], Store] = open_store) -> None:
+    """DigestMismatch unless the model in `output` is the one the run recorded (before an
+    InferenceService is pointed at the output itself)."""
+    with tempfile.TemporaryDirectory(prefix="modelpress-promote-") as scratch:
+        verified(opener(output), MODEL, recorded, Path(scratch))
+
+
+def verified(source: Store, key: str, recorded: Mapping[str, str], folder: Path) -> Path:
+    """`key` read from `source` into `folder`, when its sha256 is the one the run recorded."""
+    expected = recorded.get(key)
+    if expected is None:
+        raise DigestMismatch(f"the run recorded no sha256 for {key}: nothing was promoted")
+    local = source.get_file(key, folder / key)
+    actual = sha256_of(local)
+    if actual != expected:
+        raise DigestMismatch(
+            f"{source.uri(key)} has sha256 {actual} but the run recorded {expected}: it was "
+            "changed after the run wrote it, so nothing was promoted")
+    return local
 
 
 def opted_in_service(api: Any, namespace: str, name: str) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from modelpress.operator.status import (
     BACKEND_UNAVAILABLE,
     INVALID_SPEC,
     PROMOTED,
+    RESULTS_MISMATCH,
     RESULTS_MISSING,
     SUBMIT_FAILED,
     SUCCEEDED,
@@ -57,6 +58,7 @@ from modelpress.operator.status import (
     succeeded,
     waiting,
 )
+from modelpress.records import RESULTS
 from modelpress.settings import within_allowed_roots
 from modelpress.store import local_folder
 from modelpress.tenancy import DEFAULT_PREFIXES
@@ -87,11 +89,12 @@ class JobView:
 
 @dataclass(frozen=True)
 class RunResults:
-    """The run's results.json, read from the artifact store."""
+    """The run's results.json, read from the artifact store; `sha256`: of the bytes read."""
 
     results: Results
     artifacts: dict[str, str]
     steps: list[StepStatus]
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -339,8 +342,23 @@ def _succeeded(job: JobView, status: CompressionStatus, parsed: Checked,
         problem = observed.results_error or "results.json was not read"
         return stopped(status, RESULTS_MISSING, f"run {run.run_id} succeeded but {problem}",
                        run.finished_at or now, now), []
+    forged = _unlike_record(found, run)
+    if forged:
+        return stopped(status, RESULTS_MISMATCH, f"run {run.run_id} succeeded but {forged}",
+                       run.finished_at or now, now), []
     status = succeeded(status, run, found.results, found.artifacts, found.steps, now)
-    return _judge(job, status, parsed, config, now)
+    return _judge(job, status, parsed, config, now, run.recorded)
+
+
+def _unlike_record(found: RunResults, run: RunState) -> str | None:
+    """Why the results.json read is not the one the run wrote, or None. Without a record
+    the figures are shown but nothing is promoted (promotion.decide)."""
+    expected = run.recorded.get(RESULTS)
+    if expected is None or found.sha256 == expected:
+        return None
+    return (f"results.json does not match the run's record (sha256 {found.sha256} read, "
+            f"{expected} recorded): it was changed after the run wrote it, so its figures are "
+            "not taken and nothing is promoted")
 
 
 def _settled(job: JobView, status: CompressionStatus, parsed: Checked,
@@ -350,14 +368,24 @@ def _settled(job: JobView, status: CompressionStatus, parsed: Checked,
     unfinished = status.promotion is not None and status.promotion.decision == "Pending"
     if status.phase != "Succeeded" or status.results is None or not (changed or unfinished):
         return status, []
-    return _judge(job, status, parsed, config, observed.now)
+    recorded = status.promotion.sha256 if status.promotion else {}
+    return _judge(job, status, parsed, config, observed.now, recorded)
 
 
 def _judge(job: JobView, status: CompressionStatus, parsed: Checked, config: Config,
-           now: datetime) -> tuple[CompressionStatus, list[Action]]:
+           now: datetime, recorded: Mapping[str, str]) -> tuple[CompressionStatus, list[Action]]:
+    """The promotion decision; the run's record of its digests is kept in status.promotion
+    (where a later re-judgement and the copy find it)."""
     if isinstance(parsed, str):
-        return promotion.rejected(status, INVALID_SPEC, [parsed], now), []
-    output = status.artifacts.get("output") or output_of(parsed, config)
-    status, actions = promotion.decide(status, parsed.spec.promotion, job.annotations,
-                                       config.kserve_enabled, output, job.namespace, now)
+        status, actions = promotion.rejected(status, INVALID_SPEC, [parsed], now), []
+    else:
+        output = status.artifacts.get("output") or output_of(parsed, config)
+        status, actions = promotion.decide(status, parsed.spec.promotion, job.annotations,
+                                           config.kserve_enabled, output, job.namespace, now,
+                                           recorded)
+    assert status.promotion is not None
+    status = status.model_copy(update={"promotion": status.promotion.model_copy(update={
+        "sha256": {key: digest for key, digest in recorded.items()
+                   if key in promotion.PROMOTED_FILES},
+        "model_sha256": recorded.get(promotion.MODEL)})})
     return status, list(actions)

@@ -41,6 +41,8 @@ RUN_FAILED = "RunFailed"
 RUN_CANCELED = "RunCanceled"
 RUN_LOST = "RunLost"
 RESULTS_MISSING = "ResultsMissing"
+# results.json differs from the run's own record of it: changed after the run wrote it.
+RESULTS_MISMATCH = "ResultsMismatch"
 DEADLINE_EXCEEDED = "DeadlineExceeded"
 AWAITING_RESULTS = "AwaitingResults"
 JOB_FAILED = "JobFailed"
@@ -48,6 +50,10 @@ GATES_PASSED = "GatesPassed"
 GATES_FAILED = "GatesFailed"
 MODEL_PROMOTED = "Promoted"
 PROMOTION_FAILED = "PromotionFailed"
+# A promoted file's bytes differ from the digest the run recorded: nothing was copied.
+DIGEST_MISMATCH = "DigestMismatch"
+# The backend kept no record of what the run published: nothing can be verified to promote.
+NO_RUN_RECORD = "NoRunRecord"
 # The annotation names an InferenceService in another namespace: no promotion at all.
 SERVICE_REFUSED = "InferenceServiceRefused"
 # The reason of the Event posted when a deleted job's run is stopped (no condition has it).

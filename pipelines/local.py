@@ -16,6 +16,7 @@ from modelpress.api import CompressionJob
 from modelpress.errors import StepFailed
 from modelpress.events import EVENTS_ENV, capped, failed_step, failure_message, read_events
 from modelpress.pipelines.build import build_pipeline
+from modelpress.records import ReportRecord, read_ledger, records_of
 from modelpress.settings import get_settings
 
 # How long a step may take to end after SIGTERM before it is killed.
@@ -23,10 +24,11 @@ STOP_GRACE_SECONDS = 3.0
 
 
 def run_local(job: CompressionJob, output: str, workdir: Path, events: Path, *,
-              trust_model_code: bool = False) -> str:
-    """Run the whole pipeline; returns the kfp.local log. Raises StepFailed on failure, with
-    the step's own error and the path of the kept log. `trust_model_code`: whether the model
-    may be a program (modelpress.trust)."""
+              trust_model_code: bool = False) -> ReportRecord:
+    """Run the whole pipeline; returns the report step's record (where it published what,
+    with each file's sha256). Raises StepFailed on failure, with the step's own error and the
+    path of the kept log. `trust_model_code`: whether the model may be a program
+    (modelpress.trust)."""
     from kfp import local
 
     adopt_orphans()
@@ -46,7 +48,17 @@ def run_local(job: CompressionJob, output: str, workdir: Path, events: Path, *,
         kept = keep_log(job.metadata.name, log.getvalue())
         raise StepFailed(failed_step(read_events(events)) or "pipeline",
                          f"{_problem(events, log.getvalue())} (log: {kept})") from None
-    return log.getvalue()
+    return report_record(workdir / "pipeline_root")
+
+
+def report_record(pipeline_root: Path) -> ReportRecord:
+    """The report step's record, from the ledger it left among the run's step outputs
+    (kfp.local keeps them under the pipeline root, in this run's own scratch)."""
+    for ledger in sorted(pipeline_root.rglob("ledger")):
+        found = records_of(read_ledger(ledger), ReportRecord) if ledger.is_file() else []
+        if found:
+            return found[-1]
+    raise StepFailed("report", f"the run left no report record under {pipeline_root}")
 
 
 @contextlib.contextmanager

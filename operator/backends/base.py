@@ -22,7 +22,12 @@ class BackendError(Exception):
 
 @dataclass(frozen=True)
 class RunState:
-    """One observation of a run. `Lost`: the backend has no record of it any more."""
+    """One observation of a run. `Lost`: the backend has no record of it any more.
+
+    `recorded`: the sha256 of each file a succeeded run published (model.onnx,
+    results.json, ...), by name, from the run's own record, kept where the job's tenant
+    cannot write; empty when the backend keeps none. The operator trusts what it reads from
+    the output only as far as it matches these."""
 
     run_id: str
     phase: RunPhase
@@ -31,6 +36,7 @@ class RunState:
     message: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    recorded: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from modelpress.api import CompressionJob, StepStatus
 from modelpress.errors import StepFailed
 from modelpress.events import ProgressEvent, failed_step, failure_message, read_events
 from modelpress.operator.backends.base import RunRequest, RunState
+from modelpress.records import ReportRecord
 
 DEFAULT_RUNNER = "modelpress.pipelines.local:run_local"
 TERMINATE_GRACE_SECONDS = 5.0
@@ -66,12 +67,15 @@ class WorkerRecord(_Record):
 
 
 class ExitRecord(_Record):
-    """exit.json: how the run ended, written by the worker as its last act."""
+    """exit.json: how the run ended, written by the worker as its last act. A succeeded
+    run's `sha256` is the report step's record of each file it published: the run's own
+    record, in the operator's run folder, which the job's tenant cannot write."""
 
     phase: Literal["Succeeded", "Failed"]
     step: str | None = None
     message: str | None = None
     finished_at: float
+    sha256: dict[str, str] = {}
 
 
 class LocalBackend:
@@ -127,7 +131,7 @@ class LocalBackend:
             self._reap(run_id)
             return RunState(run_id, ended.phase, steps, failed_step=ended.step,
                             message=ended.message, started_at=started,
-                            finished_at=_time(ended.finished_at))
+                            finished_at=_time(ended.finished_at), recorded=ended.sha256)
         if worker is None:
             return _not_started(run_id, folder)
         if self._alive(run_id, worker.pid):
@@ -282,14 +286,16 @@ def _write_record(path: Path, record: _Record) -> None:
 
 
 def run_worker(folder: Path) -> int:
-    """Run the pipeline of the request in `folder`; record how it ended in exit.json."""
+    """Run the pipeline of the request in `folder`; record how it ended in exit.json, with
+    the digests of what a succeeded run published (the runner returns its ReportRecord)."""
     request = RequestRecord.model_validate_json((folder / "request.json").read_bytes())
     module, _, function = request.runner.partition(":")
     runner = getattr(importlib.import_module(module), function)
     try:
-        runner(request.job, request.output, folder / "work", folder / "events.jsonl",
-               trust_model_code=request.trust_model_code)
-        outcome = ExitRecord(phase="Succeeded", finished_at=time.time())
+        record: ReportRecord = runner(request.job, request.output, folder / "work",
+                                      folder / "events.jsonl",
+                                      trust_model_code=request.trust_model_code)
+        outcome = ExitRecord(phase="Succeeded", sha256=record.sha256, finished_at=time.time())
     except StepFailed as error:
         outcome = ExitRecord(phase="Failed", step=error.step, message=error.problem,
                              finished_at=time.time())

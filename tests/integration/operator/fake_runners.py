@@ -1,7 +1,8 @@
 """Stand-ins for pipelines.local.run_local that the local backend's workers import.
 
 Each has run_local's signature (`trust_model_code` included, unused: they load no model)
-and writes the same progress events, in milliseconds.
+and writes the same progress events, in milliseconds; a successful one returns the report
+step's record of what it published, as run_local does.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Literal
 from modelpress.api import CompressionJob, Results, StepStatus
 from modelpress.errors import StepFailed
 from modelpress.events import ProgressEvent, append_event
-from modelpress.records import Artifacts, PromotionVerdict, ResultsDocument
+from modelpress.records import Artifacts, PromotionVerdict, ReportRecord, ResultsDocument
 from modelpress.store import open_store
 
 STEPS = ("fetch", "prune", "quantize", "validate", "benchmark-cpu", "report")
@@ -47,18 +48,21 @@ def results_document(output: str, ratio: float = 4.0) -> ResultsDocument:
 
 
 def succeed(job: CompressionJob, output: str, workdir: Path, events: Path, *,
-            trust_model_code: bool = False) -> str:
+            trust_model_code: bool = False) -> ReportRecord:
     for step in STEPS:
         _emit(events, "started", step)
         _emit(events, "finished", step, seconds=0.01, message="ok")
     workdir.mkdir(parents=True, exist_ok=True)
     store = open_store(output)
+    document = results_document(output)
+    published = {}
     for name, text in (("model.onnx", "onnx bytes"),
-                       ("results.json", results_document(output).model_dump_json(
-                           by_alias=True, exclude_none=True))):
+                       ("results.json", document.model_dump_json(by_alias=True,
+                                                                 exclude_none=True))):
         (workdir / name).write_text(text)
-        store.put_file(workdir / name, name)
-    return ""
+        published[name] = store.put_file(workdir / name, name).sha256
+    return ReportRecord(artifacts=document.artifacts, promotion=document.promotion,
+                        sha256=published)
 
 
 def fail_at_prune(job: CompressionJob, output: str, workdir: Path, events: Path, *,
@@ -91,7 +95,7 @@ def hang(job: CompressionJob, output: str, workdir: Path, events: Path, *,
 
 
 def slow(job: CompressionJob, output: str, workdir: Path, events: Path, *,
-         trust_model_code: bool = False) -> str:
+         trust_model_code: bool = False) -> ReportRecord:
     """Succeeds after a few seconds: long enough to restart an operator meanwhile."""
     time.sleep(float(os.environ.get("FAKE_RUN_SECONDS", "4")))
     return succeed(job, output, workdir, events)

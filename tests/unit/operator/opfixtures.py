@@ -4,6 +4,7 @@ controller's fakes (backend, event sink, copier, clock)."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,6 +33,8 @@ CONFIG = Config(default_output="file:///outputs/{namespace}/{name}",
                 namespace_prefixes=("file:///outputs/{namespace}/", "file:///models/{namespace}/",
                                     "s3://bucket/{namespace}/"))
 OUTPUT = "file:///outputs/ml/digits"
+# What a succeeded run recorded of the files it published (sha256 by name).
+RECORDED = {"model.onnx": "a" * 64, "results.json": "b" * 64, "report.html": "c" * 64}
 _EXAMPLE = yaml.safe_load((ROOT / "examples" / "digits-prune-quantize.yaml").read_text())
 
 
@@ -73,6 +76,9 @@ def condition(type_: str, value: str, reason: str, when: datetime = EARLIER) -> 
 
 
 def run(phase: str, **fields: Any) -> RunState:
+    """A run state; a succeeded run has recorded RECORDED unless told otherwise."""
+    if phase == "Succeeded":
+        fields.setdefault("recorded", RECORDED)
     return RunState(run_id="run-1", phase=phase, **fields)  # type: ignore[arg-type]
 
 
@@ -87,20 +93,26 @@ def results(ratio: float = 4.0, drop: float = 0.002, speedup: dict[str, float] |
         "benchmarks": benchmarks or []})
 
 
-def run_results(**kwargs: Any) -> RunResults:
+def run_results(sha256: str = RECORDED["results.json"], **kwargs: Any) -> RunResults:
+    """results.json as read; by default the very one the run recorded (`sha256`)."""
     steps = [StepStatus(name=name, phase="Succeeded", duration_seconds=1.5, message="ok")
              for name in ("fetch", "prune", "quantize", "validate", "benchmark-cpu", "report")]
     artifacts = {"model": f"{OUTPUT}/model.onnx", "report": f"{OUTPUT}/report.html"}
-    return RunResults(results=results(**kwargs), artifacts=artifacts, steps=steps)
+    return RunResults(results=results(**kwargs), artifacts=artifacts, steps=steps,
+                      sha256=sha256)
 
 
 def succeeded(generation: int = 1, **fields: Any) -> dict[str, Any]:
-    """A finished, judged job."""
+    """A finished, judged job. Its promotion holds the run's record (RECORDED) unless the
+    one given names its own, as the operator writes every succeeded job's."""
+    if "promotion" in fields:
+        fields["promotion"] = {"sha256": RECORDED, **fields["promotion"]}
     base: dict[str, Any] = {
         "phase": "Succeeded", "runId": "run-1", "backend": "local",
         "observedGeneration": generation, "startedAt": EARLIER, "finishedAt": EARLIER,
         "results": results().to_wire(), "artifacts": {"output": OUTPUT},
-        "promotion": {"decision": "Promoted", "reasons": ["no gates configured"]},
+        "promotion": {"decision": "Promoted", "reasons": ["no gates configured"],
+                      "sha256": RECORDED, "modelSha256": RECORDED["model.onnx"]},
         "conditions": [condition("Succeeded", "True", "RunSucceeded"),
                        condition("Promoted", "True", "GatesPassed")]}
     return status(**{**base, **fields})
@@ -138,7 +150,9 @@ class FakeBackend:
     def poll(self, run_id: str) -> RunState:
         if self.fail_with:
             raise BackendError(self.fail_with)
-        return RunState(run_id=run_id, phase=self.phase)  # type: ignore[arg-type]
+        recorded = RECORDED if self.phase == "Succeeded" else {}
+        return RunState(run_id=run_id, phase=self.phase,  # type: ignore[arg-type]
+                        recorded=recorded)
 
     def terminate(self, run_id: str) -> None:
         self.terminated.append(run_id)
@@ -168,13 +182,17 @@ class Events:
 
 @dataclass
 class Copier:
+    """The copy action: records (output, target), and the digests it was handed."""
+
     fail_with: str | None = None
     copies: list[tuple[str, str]] = field(default_factory=list)
+    recorded: list[Mapping[str, str]] = field(default_factory=list)
 
-    def __call__(self, output: str, target: str) -> None:
+    def __call__(self, output: str, target: str, recorded: Mapping[str, str]) -> None:
         if self.fail_with:
             raise OSError(self.fail_with)
         self.copies.append((output, target))
+        self.recorded.append(recorded)
 
 
 @dataclass

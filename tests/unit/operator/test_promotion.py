@@ -17,6 +17,7 @@ from modelpress.operator.promotion import (
     copy_to_target,
     patch_inference_service,
 )
+from modelpress.store import sha256_of
 
 GPU_DOWN = [{"pool": "gpu", "device": "cuda", "available": False,
              "reason": "no CUDA device on this node"}]
@@ -105,7 +106,8 @@ def _output(tmp_path: Path, files: tuple[str, ...] = PROMOTED_FILES) -> Path:
 def test_copy_to_target_copies_model_and_evidence(tmp_path: Path) -> None:
     output = _output(tmp_path)
     target = tmp_path / "production"
-    copy_to_target(output.as_uri(), target.as_uri())
+    copy_to_target(output.as_uri(), target.as_uri(),
+                   {name: sha256_of(output / name) for name in PROMOTED_FILES})
     assert sorted(p.name for p in target.iterdir()) == sorted(PROMOTED_FILES)
     assert json.loads((target / "model.onnx").read_text()) == {"file": "model.onnx"}
 
@@ -114,7 +116,9 @@ def test_copy_without_a_model_fails_and_copies_nothing(tmp_path: Path) -> None:
     output = _output(tmp_path, ("results.json",))
     target = tmp_path / "production"
     with pytest.raises(StoreError, match="model.onnx"):
-        copy_to_target(output.as_uri(), target.as_uri())
+        copy_to_target(output.as_uri(), target.as_uri(),
+                       {"model.onnx": "0" * 64,
+                        "results.json": sha256_of(output / "results.json")})
     assert not target.exists() or not any(target.iterdir())
 
 
