@@ -16,6 +16,10 @@ from modelpress.settings import get_settings
 from modelpress.tenancy import PROBE_NAMESPACE, expand, outside, template_error
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+LOCAL_IS_SINGLE_TENANT = (
+    "the local backend runs every namespace's jobs inside the operator pod, with its "
+    "credentials, and is for single-tenant installations: with --all-namespaces use --backend "
+    "kfp, or set MODELPRESS_ALLOW_LOCAL_ALL_NAMESPACES=true")
 
 
 def run_operator(backend: str, namespace: str | None, all_namespaces: bool,
@@ -30,6 +34,8 @@ def run_operator(backend: str, namespace: str | None, all_namespaces: bool,
 
     if namespace and all_namespaces:
         raise InvalidInput("--namespace/--all-namespaces", "give one or the other, not both")
+    if backend == "local" and all_namespaces and not get_settings().allow_local_all_namespaces:
+        raise InvalidInput("--backend", LOCAL_IS_SINGLE_TENANT)
     settings = OperatorSettings()
     config = operator_config(settings)
     chosen_backend = make_backend(backend, settings)
@@ -86,7 +92,8 @@ def make_backend(name: str, settings: OperatorSettings) -> Backend:
                           max_runs=settings.max_runs_in_flight,
                           timeout_seconds=settings.kfp_timeout_seconds,
                           attempts=settings.kfp_attempts, token_path=settings.kfp_token_path,
-                          trust_model_code=trust_model_code)
+                          trust_model_code=trust_model_code,
+                          max_deadline_seconds=settings.max_deadline_seconds)
     raise InvalidInput("--backend", f"unknown backend {name!r}: choose local or kfp")
 
 

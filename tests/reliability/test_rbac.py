@@ -58,7 +58,7 @@ OTHER_CLIENT_CALL = re.compile(r"^(read|list|create|patch|replace|delete)_"
 CHART_CONFIGURATIONS = {
     "namespaced": ({}, False),
     "namespaced-kserve": ({"promotion": {"kserve": {"enabled": True}}}, True),
-    "cluster-wide": ({"watch": {"allNamespaces": True}}, False),
+    "cluster-wide": ({"backend": "kfp", "watch": {"allNamespaces": True}}, False),
     "kfp-gpu": (VALUES["kfp-gpu"], True),
 }
 

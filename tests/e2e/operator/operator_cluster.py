@@ -173,6 +173,8 @@ def start_cluster(root: Path, **settings: str) -> Cluster:
            "MODELPRESS_NAMESPACE_PREFIXES": json.dumps([
                outputs + "/{namespace}/", (root / "production").as_uri() + "/"]),
            "MODELPRESS_POLL_INTERVAL_SECONDS": "1",
+           # One operator over every namespace runs the tenancy e2e with the local backend.
+           "MODELPRESS_ALLOW_LOCAL_ALL_NAMESPACES": "true",
            "MODELPRESS_KSERVE_ENABLED": "true",
            "MODELPRESS_LOG_DEBUG": "true",
            "MODELPRESS_METRICS_ADDRESS": "127.0.0.1",

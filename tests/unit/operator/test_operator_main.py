@@ -52,3 +52,24 @@ def test_the_kubeconfig_context_names_the_namespace(tmp_path: Path,
         "contexts": [{"name": "here", "context": context}]}))
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     assert current_namespace() == expected
+
+
+def test_the_local_backend_refuses_every_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local backend runs tenants' jobs inside the operator pod: single-tenant only."""
+    monkeypatch.delenv("MODELPRESS_ALLOW_LOCAL_ALL_NAMESPACES", raising=False)
+    with pytest.raises(InvalidInput) as raised:
+        run_operator("local", None, True, metrics_port=0)
+    assert raised.value.where == "--backend"
+    assert "single-tenant" in raised.value.problem
+    assert "MODELPRESS_ALLOW_LOCAL_ALL_NAMESPACES=true" in raised.value.problem
+
+
+def test_the_override_lets_the_local_backend_watch_every_namespace(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the override the refusal is gone: what stops the start now is the next check
+    (a bad default output, given here so that nothing starts)."""
+    monkeypatch.setenv("MODELPRESS_ALLOW_LOCAL_ALL_NAMESPACES", "true")
+    monkeypatch.setenv("MODELPRESS_DEFAULT_OUTPUT", "s3://elsewhere/{namespace}/{name}/")
+    with pytest.raises(InvalidInput) as raised:
+        run_operator("local", None, True, metrics_port=0)
+    assert raised.value.where == "MODELPRESS_DEFAULT_OUTPUT"
