@@ -74,6 +74,9 @@ def _without_credentials(value: object) -> object:
 Uri = Annotated[str, Field(pattern=_URI_PATTERN, max_length=2048),
                 BeforeValidator(_without_credentials)]
 PoolName = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
+# A Kubernetes Secret's name: a DNS-1123 subdomain.
+SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+DEFAULT_STORAGE_SECRET = "modelpress-storage"
 
 
 class ModelSource(Model):
@@ -277,9 +280,20 @@ def _cel_nesting(condition: str) -> tuple[int, int]:
     return deepest, conditionals
 
 
+class Storage(Model):
+    """The artifact store's credentials of a job's steps."""
+
+    secret_name: str | None = Field(
+        default=None, pattern=SECRET_NAME_PATTERN, max_length=253,
+        description="A Secret in the job's own namespace holding AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY, which the steps read. Default: the operator's "
+                    "MODELPRESS_STORAGE_SECRET_NAME (modelpress-storage).")
+
+
 class CompressionSpec(Model):
     model: ModelSource
-    image: str = ""
+    image: str = Field(default="", max_length=512,
+                       description="The step image; must be in the operator's allowlist.")
     data: DataSources
     steps: list[Step] = Field(min_length=1, max_length=16)
     search: Search | None = None
@@ -290,6 +304,7 @@ class CompressionSpec(Model):
         default=None, ge=60, le=604800,
         description="The longest a run may take, from its start; the operator terminates it "
                     "then and the job fails (DeadlineExceeded). Capped by the operator.")
+    storage: Storage | None = None
 
     @model_validator(mode="after")
     def _steps_fit_together(self) -> CompressionSpec:
@@ -441,6 +456,13 @@ class PromotionStatus(Model):
     decision: Literal["Promoted", "Rejected", "Pending"]
     reasons: list[str] = Field(default_factory=list)
     promoted_uri: str | None = None
+    model_sha256: str | None = Field(
+        default=None, description="sha256 of the model the run produced, from the run's own "
+                                  "record: the only bytes a promotion copies.")
+    sha256: dict[str, str] = Field(
+        default_factory=dict, description="sha256 of each promoted file (model.onnx, "
+                                          "results.json, ...) as the run recorded it; a copy "
+                                          "is refused when what it reads differs.")
 
 
 class Condition(Model):

@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from modelpress.api import DEFAULT_STORAGE_SECRET, SECRET_NAME_PATTERN
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MODELPRESS_", extra="ignore")
@@ -17,9 +19,12 @@ class Settings(BaseSettings):
     s3_create_buckets: bool = True
     step_image: str = Field(default="ghcr.io/modelpress/step:0.1.0",
                             description="Image of pipeline steps when a job names none.")
-    s3_secret: str | None = Field(
-        default=None, description="On a cluster: the Secret with AWS_ACCESS_KEY_ID / "
-                                  "AWS_SECRET_ACCESS_KEY that pipeline steps read.")
+    storage_secret_name: str = Field(
+        default=DEFAULT_STORAGE_SECRET, pattern=SECRET_NAME_PATTERN, max_length=253,
+        description="On a cluster: the Secret in a job's own namespace whose "
+                    "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY that job's pipeline steps "
+                    "read, unless the job names another (spec.storage.secretName). Steps "
+                    "never receive the platform's own credentials.")
     allowed_file_roots: list[Path] = Field(
         default_factory=list, description="When set, file:// uris must lie under one of these."
     )
@@ -27,6 +32,10 @@ class Settings(BaseSettings):
         default=False, description="The operator: accept model formats that are programs "
         "(.pt2, TorchScript, python:// architectures and students), which run code when "
         "loaded (modelpress.trust). The CLI takes --trust-model-code instead.")
+    allow_local_all_namespaces: bool = Field(
+        default=False, description="The operator: allow --backend local with --all-namespaces. "
+        "The local backend runs every job inside the operator pod with its credentials, so it "
+        "is for single-tenant installations.")
     # Untrusted specs: bounded work.
     cel_budget_seconds: float = Field(
         default=1.0, gt=0.0, le=60.0,

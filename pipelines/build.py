@@ -44,27 +44,66 @@ def _place_on_pool(task: Any, pool: Pool) -> None:
         task.set_accelerator_limit(pool.accelerator.count)
 
 
-def _with_store_access(task: Any) -> Any:
-    """Give a step the artifact store's endpoint and, on a cluster, its credentials Secret."""
+# The keys a storage Secret holds, each read into the step's environment under its name.
+STORAGE_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+@dataclass(frozen=True)
+class TaskBounds:
+    """What every task of a job's pipeline gets: the storage Secret it reads its
+    credentials from (by name only), and the longest its pod may run."""
+
+    secret_name: str
+    deadline_seconds: int | None
+
+
+def task_bounds(spec: CompressionSpec, deadline_seconds: int | None) -> TaskBounds:
+    """The job's own Secret (spec.storage.secretName, else MODELPRESS_STORAGE_SECRET_NAME)
+    and `deadline_seconds`, else the job's spec.deadlineSeconds."""
+    from modelpress.settings import get_settings
+
+    named = spec.storage.secret_name if spec.storage else None
+    return TaskBounds(secret_name=named or get_settings().storage_secret_name,
+                      deadline_seconds=deadline_seconds or spec.deadline_seconds)
+
+
+def run_deadline(spec: CompressionSpec, cap_seconds: int) -> int:
+    """The job's deadline as the operator enforces it: its own, at most the cap, which is
+    also the default."""
+    return min(spec.deadline_seconds or cap_seconds, cap_seconds)
+
+
+STEP_POD_LABEL = "modelpress.io/step"
+
+
+def _with_store_access(task: Any, bounds: TaskBounds) -> Any:
+    """Give a step the artifact store's endpoint, the credentials of the job's own storage
+    Secret, its pod's deadline (activeDeadlineSeconds) and the label that marks step pods.
+
+    The Secret is named, never read here: Kubernetes looks it up in the namespace the run
+    executes in, which for a multi-user Kubeflow is the job's own (as the operator submits
+    it), so a step never receives the platform's credentials."""
     from kfp import kubernetes
 
     from modelpress.settings import get_settings
 
-    settings = get_settings()
-    if settings.s3_endpoint:
-        if holds_credentials(settings.s3_endpoint):  # it would be written into the IR
+    endpoint = get_settings().s3_endpoint
+    if endpoint:
+        if holds_credentials(endpoint):  # it would be written into the IR
             raise InvalidInput("MODELPRESS_S3_ENDPOINT", CREDENTIALS_REFUSED)
-        task.set_env_variable("MODELPRESS_S3_ENDPOINT", settings.s3_endpoint)
-    if settings.s3_secret:
-        kubernetes.use_secret_as_env(task, secret_name=settings.s3_secret, secret_key_to_env={
-            "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"})
+        task.set_env_variable("MODELPRESS_S3_ENDPOINT", endpoint)
+    kubernetes.use_secret_as_env(task, secret_name=bounds.secret_name,
+                                 secret_key_to_env={key: key for key in STORAGE_SECRET_KEYS})
+    if bounds.deadline_seconds:
+        kubernetes.set_timeout(task, bounds.deadline_seconds)
+    # What the chart's optional step-egress NetworkPolicy selects.
+    kubernetes.add_pod_label(task, label_key=STEP_POD_LABEL, label_value="true")
     return task
 
 
-def _accessing_store(op: Any) -> Callable[..., Any]:
+def _accessing_store(op: Any, bounds: TaskBounds) -> Callable[..., Any]:
     def make_task(**arguments: Any) -> Any:
-        return _with_store_access(op(**arguments))
+        return _with_store_access(op(**arguments), bounds)
 
     return make_task
 
@@ -191,12 +230,14 @@ def _benchmarks(ops: dict[str, Any], spec: CompressionSpec, plan: list[PlannedSt
     return flow
 
 
-def build_pipeline(job: CompressionJob, output: str, *,
-                   trust_model_code: bool = False) -> Callable[..., Any]:
+def build_pipeline(job: CompressionJob, output: str, *, trust_model_code: bool = False,
+                   deadline_seconds: int | None = None) -> Callable[..., Any]:
     """A KFP pipeline function for `job` that publishes its results to `output`.
 
     Unless `trust_model_code`, a job naming a program (modelpress.trust) is refused here,
-    and the fetch step refuses one it only recognises by reading the file."""
+    and the fetch step refuses one it only recognises by reading the file. Every task's pod
+    is bounded by `deadline_seconds` (the operator's: `run_deadline`), else by the job's
+    spec.deadlineSeconds; with neither, only by the run's own deadline."""
     from kfp import dsl
 
     from modelpress.components.ops import make_ops
@@ -204,7 +245,8 @@ def build_pipeline(job: CompressionJob, output: str, *,
 
     require_trusted(job.spec, trust_model_code)
     raw_ops = make_ops(job.spec.image or get_settings().step_image)
-    ops = {name: _accessing_store(op) for name, op in raw_ops.items()}
+    bounds = task_bounds(job.spec, deadline_seconds)
+    ops = {name: _accessing_store(op, bounds) for name, op in raw_ops.items()}
     spec = job.spec
     plan = planned_steps(spec)
     first, last = plan[0], plan[-1]
@@ -231,9 +273,10 @@ def build_pipeline(job: CompressionJob, output: str, *,
 
 
 def compile_pipeline(job: CompressionJob, output: str, package_path: str, *,
-                     trust_model_code: bool = False) -> None:
+                     trust_model_code: bool = False, deadline_seconds: int | None = None) -> None:
     """Write the pipeline's IR YAML, ready for a Kubeflow Pipelines server."""
     from kfp import compiler
 
-    compiler.Compiler().compile(build_pipeline(job, output, trust_model_code=trust_model_code),
-                                package_path=package_path)
+    pipeline = build_pipeline(job, output, trust_model_code=trust_model_code,
+                              deadline_seconds=deadline_seconds)
+    compiler.Compiler().compile(pipeline, package_path=package_path)

@@ -24,7 +24,7 @@ from kfp_server_api.exceptions import ApiException
 
 from modelpress.api import StepStatus
 from modelpress.operator.backends.base import BackendError, RunPhase, RunRequest, RunState
-from modelpress.pipelines.build import compile_pipeline
+from modelpress.pipelines.build import compile_pipeline, run_deadline
 from modelpress.pipelines.steps import is_step_name
 
 T = TypeVar("T")
@@ -48,7 +48,8 @@ class KfpBackend:
                  namespace: str | None = None, pipeline_root: str | None = None,
                  max_runs: int = 10, timeout_seconds: float = 30.0, attempts: int = 4,
                  backoff_seconds: float = 1.0, sleep: Callable[[float], None] = time.sleep,
-                 token_path: Path | None = None, trust_model_code: bool = False) -> None:
+                 token_path: Path | None = None, trust_model_code: bool = False,
+                 max_deadline_seconds: int | None = None) -> None:
         self.host = host
         self.experiment = experiment
         self.namespace = namespace
@@ -60,22 +61,26 @@ class KfpBackend:
         self._sleep = sleep
         self.token_path = token_path
         self.trust_model_code = trust_model_code  # the operator's MODELPRESS_TRUST_MODEL_CODE
+        self.max_deadline_seconds = max_deadline_seconds  # MODELPRESS_MAX_DEADLINE_SECONDS
         self._client: Any = None
-        self._experiment_id: str | None = None
+        self._experiment_ids: dict[str | None, str] = {}  # by the namespace runs land in
 
     # ------------------------------------------------------------------ Backend protocol
 
     def submit(self, request: RunRequest) -> str:
-        name = run_name(request)
-        existing = self._find_run(name)
+        name, namespace = run_name(request), self._run_namespace(request)
+        existing = self._find_run(name, namespace)
         if existing:
             return existing
         root = self.pipeline_root or request.output.rstrip("/") + "/pipeline-root"
+        spec = request.job.spec
+        deadline = run_deadline(spec, self.max_deadline_seconds) \
+            if self.max_deadline_seconds else None
         with tempfile.TemporaryDirectory(prefix="modelpress-kfp-") as scratch:
             package = str(Path(scratch) / "pipeline.yaml")
             compile_pipeline(request.job, request.output, package,
-                             trust_model_code=self.trust_model_code)
-            return self._create_run(name, package, root)
+                             trust_model_code=self.trust_model_code, deadline_seconds=deadline)
+            return self._create_run(name, package, root, namespace)
 
     def poll(self, run_id: str) -> RunState:
         try:
@@ -95,21 +100,34 @@ class KfpBackend:
 
     def runs_in_namespace(self, namespace: str) -> int:
         """Counted by the run's display name, which starts with the job's namespace."""
-        return sum(1 for run in self._runs_in_flight()
+        experiments = [self._experiment(namespace)] if self.namespace else None
+        return sum(1 for run in self._runs_in_flight(experiments)
                    if str(run.display_name or "").startswith(f"{namespace}/"))
 
     # ------------------------------------------------------------------------- internals
 
-    def _runs_in_flight(self) -> list[Any]:
-        experiment_id = self._experiment()
+    def _run_namespace(self, request: RunRequest) -> str | None:
+        """Where a job's run executes. A multi-user KFP (MODELPRESS_KFP_NAMESPACE set) runs
+        it in the job's own namespace, its Kubeflow profile: there its storage Secret is
+        looked up, so no job reads another namespace's credentials. A single-user KFP
+        runs every job in its own namespace (None: the client's default)."""
+        return request.job.metadata.namespace if self.namespace else None
+
+    def _runs_in_flight(self, experiment_ids: list[str] | None = None) -> list[Any]:
+        """Runs in flight in `experiment_ids`; default: every experiment this backend has
+        used (on a multi-user KFP one per namespace, learnt as jobs are counted or run)."""
+        chosen = experiment_ids or list(self._experiment_ids.values()) or [self._experiment()]
+        return [run for experiment_id in chosen for run in self._in_flight(experiment_id)]
+
+    def _in_flight(self, experiment_id: str) -> list[Any]:
         listed = self._call("list runs", lambda: self._kfp().list_runs(
             experiment_id=experiment_id, page_size=_CAPACITY_PAGE, sort_by="created_at desc"))
         return [run for run in listed.runs or [] if str(run.state) in _IN_FLIGHT]
 
-    def _create_run(self, name: str, package: str, root: str) -> str:
-        """Create the run; after a failed attempt, look for it before trying again (the
-        server may have created it even though the answer never arrived)."""
-        experiment_id = self._experiment()
+    def _create_run(self, name: str, package: str, root: str, namespace: str | None) -> str:
+        """Create the run in `namespace`'s experiment; after a failed attempt, look for it
+        before trying again (the server may have created it though the answer never came)."""
+        experiment_id = self._experiment(namespace)
         for attempt in range(self.attempts):
             try:
                 with contextlib.redirect_stdout(io.StringIO()):  # kfp prints a UI link
@@ -121,27 +139,31 @@ class KfpBackend:
                 if not _retryable(error) or attempt == self.attempts - 1:
                     raise self._error("create run", error) from None
             self._sleep(self._delay(attempt))
-            existing = self._find_run(name)
+            existing = self._find_run(name, namespace)
             if existing:
                 return existing
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def _find_run(self, name: str) -> str | None:
+    def _find_run(self, name: str, namespace: str | None) -> str | None:
         predicate = {"operation": "EQUALS", "key": "display_name", "stringValue": name}
-        experiment_id = self._experiment()
+        experiment_id = self._experiment(namespace)
         listed = self._call("list runs", lambda: self._kfp().list_runs(
             experiment_id=experiment_id, page_size=1,
             filter=json.dumps({"predicates": [predicate]})))
         runs = [run for run in listed.runs or [] if run.display_name == name]
         return str(runs[0].run_id) if runs else None
 
-    def _experiment(self) -> str:
-        if self._experiment_id is None:
+    def _experiment(self, namespace: str | None = None) -> str:
+        """The id of the experiment `namespace`'s runs go into (default: the configured
+        MODELPRESS_KFP_NAMESPACE); a multi-user KFP runs an experiment's runs in its
+        namespace."""
+        where = namespace or self.namespace
+        if where not in self._experiment_ids:
             with contextlib.redirect_stdout(io.StringIO()):
                 found = self._call("get or create experiment", lambda: self._kfp()
-                                   .create_experiment(self.experiment, namespace=self.namespace))
-            self._experiment_id = str(found.experiment_id)
-        return self._experiment_id
+                                   .create_experiment(self.experiment, namespace=where))
+            self._experiment_ids[where] = str(found.experiment_id)
+        return self._experiment_ids[where]
 
     def _kfp(self) -> Any:
         if self._client is None:

@@ -66,10 +66,12 @@ def test_renders_what_each_values_file_enables(values_name: str,
     kinds = sorted(document["kind"] for document in manifests)
     expected = {
         "default": ["CustomResourceDefinition", "Deployment", "Role", "RoleBinding",
-                    "Service", "ServiceAccount"],
+                    "Service", "ServiceAccount", "ValidatingAdmissionPolicy",
+                    "ValidatingAdmissionPolicyBinding"],
         "kfp-gpu": ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "ConfigMap",
                     "ConfigMap", "CustomResourceDefinition", "Deployment", "PrometheusRule",
-                    "Service", "ServiceAccount", "ServiceMonitor"],
+                    "Service", "ServiceAccount", "ServiceMonitor", "ValidatingAdmissionPolicy",
+                    "ValidatingAdmissionPolicyBinding"],
     }
     assert kinds == expected[values_name]
 
@@ -230,6 +232,20 @@ def test_multi_user_kfp_gets_a_projected_token_by_path() -> None:
     assert "MODELPRESS_KFP_TOKEN_PATH" not in plain  # single-user KFP: no token
 
 
+def test_steps_read_the_storage_secret_the_values_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """backend: kfp names the namespace Secret steps read (default modelpress-storage);
+    the platform's Secret is the operator's alone and is never the steps'."""
+    default = env_of(operator_container(render({"backend": "kfp"})))
+    assert default["MODELPRESS_STORAGE_SECRET_NAME"]["value"] == "modelpress-storage"
+    manifests = render({"backend": "kfp", "storage": {"secretName": "team-s3"},
+                        "s3": {"credentials": {"existingSecret": "platform-s3"}}})
+    env = env_of(operator_container(manifests))
+    monkeypatch.setenv("MODELPRESS_STORAGE_SECRET_NAME",
+                       env["MODELPRESS_STORAGE_SECRET_NAME"]["value"])
+    assert Settings().storage_secret_name == "team-s3"
+    assert not any(variable.get("value") == "platform-s3" for variable in env.values())
+
+
 def test_credentials_come_only_from_an_existing_secret() -> None:
     manifests = render({"s3": {"credentials": {"existingSecret": "minio-creds"}}})
     assert not by_kind(manifests, "Secret")
@@ -245,6 +261,8 @@ def test_no_credential_is_a_literal_value(manifests: list[dict[str, Any]]) -> No
     for name, variable in env_of(operator_container(manifests)).items():
         if name.endswith("_PATH"):  # where a mounted credential lies, not the credential
             assert variable["value"].startswith("/var/run/secrets/"), name
+        elif name.endswith("_SECRET_NAME"):  # which Secret steps read, not what it holds
+            assert variable["value"] == "modelpress-storage", name
         elif any(word in name for word in ("KEY", "SECRET", "PASSWORD", "TOKEN")):
             assert "value" not in variable, name
 
@@ -269,7 +287,7 @@ KSERVE_RULES = {("serving.kserve.io", "inferenceservices", "get"),
 @pytest.mark.parametrize(("values", "kind", "rules"), [
     ({}, "Role", OPERATOR_RULES),
     ({"promotion": {"kserve": {"enabled": True}}}, "Role", OPERATOR_RULES | KSERVE_RULES),
-    ({"watch": {"allNamespaces": True}}, "ClusterRole", OPERATOR_RULES),
+    ({"backend": "kfp", "watch": {"allNamespaces": True}}, "ClusterRole", OPERATOR_RULES),
     (VALUES["kfp-gpu"], "ClusterRole", OPERATOR_RULES | KSERVE_RULES),
 ], ids=["namespaced", "namespaced-kserve", "cluster-wide", "kfp-gpu"])
 def test_rbac_grants_exactly_what_the_operator_uses(values: dict[str, Any], kind: str,

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from hostile_models import TouchOnLoad
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE_JOB = ROOT / "examples" / "digits-prune-quantize.yaml"
@@ -198,36 +199,12 @@ def _torch_marker_pickle(path: Path) -> None:
     torch.save({"weight": _MakesMarker(path.parent / MARKER)}, path)
 
 
-class _TouchOnLoad(torch.nn.Module):
-    """Loading it as TorchScript runs its `__setstate__`, which creates the marker file."""
-
-    def __init__(self, marker: str) -> None:
-        super().__init__()
-        self.marker = marker
-        self.touched = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-    @torch.jit.export
-    def __getstate__(self) -> tuple[str, bool]:
-        return (self.marker, self.training)
-
-    @torch.jit.export
-    def __setstate__(self, state: tuple[str, bool]) -> None:
-        self.marker = state[0]
-        self.training = state[1]
-        # Kept in an attribute, or the compiler drops the call as dead code.
-        self.touched = int(torch.from_file(self.marker, shared=True, size=1,
-                                           dtype=torch.uint8).fill_(1).sum())
-
-
 def _digits_linear() -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
 
 
 def _torchscript_with_side_effect(path: Path) -> None:
-    module = torch.nn.Sequential(_TouchOnLoad(str(path.parent / MARKER)), _digits_linear())
+    module = torch.nn.Sequential(TouchOnLoad(str(path.parent / MARKER)), _digits_linear())
     torch.jit.save(torch.jit.script(module), str(path))
 
 

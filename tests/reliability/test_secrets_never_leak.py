@@ -201,8 +201,10 @@ def test_verify_with_a_wrong_secret_fails_without_showing_it(
 
 def test_a_compiled_pipeline_holds_no_secret(s3_server: S3Server, planted: Planted,
                                              tmp_path: Path) -> None:
-    """`modelpress compile` in a shell holding the credentials, for a cluster whose steps
-    read them from a Secret: the pipeline names the Secret, never a value in it."""
+    """`modelpress compile` in a shell holding the platform's credentials (and naming their
+    Secret, as MODELPRESS_S3_SECRET once did), for a cluster whose steps read theirs from
+    the job namespace's storage Secret: the pipeline names that Secret, never the
+    platform's, and no value in either."""
     job = write_job(tmp_path, "digits-light", LIGHT_SPEC)
     environment = {**cli_environment(s3_server, tmp_path, planted.secret_key,
                                      planted.session_token),
@@ -211,7 +213,8 @@ def test_a_compiled_pipeline_holds_no_secret(s3_server: S3Server, planted: Plant
                     "s3://modelpress/team-a/digits-light/", cwd=tmp_path, env=environment)
     assert completed.returncode == 0, completed.stderr
     compiled = (tmp_path / "ir.yaml").read_text()
-    assert "modelpress-s3-credentials" in compiled and s3_server.endpoint in compiled
+    assert "modelpress-storage" in compiled and s3_server.endpoint in compiled
+    assert "modelpress-s3-credentials" not in compiled
     assert_no_secret(compiled, "the compiled pipeline", planted)
     assert_no_secret(completed.stdout + completed.stderr, "the CLI's output", planted)
 

@@ -93,6 +93,10 @@ modelpress-operator
   value: {{ .Values.untrustedSpecs.http.timeoutSeconds | quote }}
 - name: MODELPRESS_HTTP_READ_TIMEOUT_SECONDS
   value: {{ .Values.untrustedSpecs.http.readTimeoutSeconds | quote }}
+{{- if .Values.operator.allowLocalBackendForAllNamespaces }}
+- name: MODELPRESS_ALLOW_LOCAL_ALL_NAMESPACES
+  value: "true"
+{{- end }}
 {{- if eq .Values.backend "local" }}
 - name: MODELPRESS_LOCAL_WORKDIR
   value: /var/lib/modelpress/runs
@@ -113,6 +117,8 @@ modelpress-operator
   value: {{ .Values.kfp.timeoutSeconds | quote }}
 - name: MODELPRESS_KFP_ATTEMPTS
   value: {{ .Values.kfp.attempts | quote }}
+- name: MODELPRESS_STORAGE_SECRET_NAME
+  value: {{ .Values.storage.secretName | quote }}
 {{- if .Values.kfp.serviceAccountToken.enabled }}
 - name: MODELPRESS_KFP_TOKEN_PATH
   value: /var/run/secrets/kubeflow/pipelines/token

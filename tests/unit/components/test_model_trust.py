@@ -20,11 +20,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from hostile_models import TouchOnLoad
 
 from modelpress.api import CompressionSpec
 from modelpress.components.fetch import check_inputs, fetch
 from modelpress.errors import InvalidInput
 from modelpress.pipelines.build import build_pipeline, compile_pipeline
+from modelpress.records import Artifacts, PromotionVerdict, ReportRecord
 from modelpress.trust import untrusted_program
 
 MARKER = "RAN"
@@ -44,31 +46,6 @@ class _MakesMarker:
         return (os.mkdir, (str(self.path),))
 
 
-class _TouchOnLoad(torch.nn.Module):
-    """Passes its input on; loading it as TorchScript runs its `__setstate__`, which
-    creates the marker file."""
-
-    def __init__(self, marker: str) -> None:
-        super().__init__()
-        self.marker = marker
-        self.touched = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-    @torch.jit.export
-    def __getstate__(self) -> tuple[str, bool]:
-        return (self.marker, self.training)
-
-    @torch.jit.export
-    def __setstate__(self, state: tuple[str, bool]) -> None:
-        self.marker = state[0]
-        self.training = state[1]
-        # Kept in an attribute, or the compiler drops the call as dead code.
-        self.touched = int(torch.from_file(self.marker, shared=True, size=1,
-                                           dtype=torch.uint8).fill_(1).sum())
-
-
 def _digits_module() -> torch.nn.Module:
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
@@ -76,7 +53,7 @@ def _digits_module() -> torch.nn.Module:
 
 def torchscript_with_side_effect(path: Path) -> Path:
     """A digits classifier as TorchScript whose loading creates `MARKER` beside `path`."""
-    module = torch.nn.Sequential(_TouchOnLoad(str(path.parent / MARKER)), _digits_module())
+    module = torch.nn.Sequential(TouchOnLoad(str(path.parent / MARKER)), _digits_module())
     torch.jit.save(torch.jit.script(module), str(path))
     return path
 
@@ -334,7 +311,7 @@ def test_the_fetch_step_gets_the_trust_decided_at_build_time(tmp_path: Path,
     spec = _spec({"uri": "file:///models/net.pt", "architecture": "builtin://digits-cnn"})
     compile_pipeline(_job(spec), "s3://modelpress/ml/trust/", str(tmp_path / "ir.yaml"),
                      trust_model_code=trusted)
-    ir = yaml.safe_load((tmp_path / "ir.yaml").read_text())
+    ir = next(yaml.safe_load_all((tmp_path / "ir.yaml").read_text()))
     fetch_task = ir["root"]["dag"]["tasks"]["fetch-op"]
     parameter = fetch_task["inputs"]["parameters"]["trust_model_code"]
     assert parameter["runtimeValue"]["constant"] is trusted
@@ -346,10 +323,12 @@ _HANDED: list[bool] = []
 
 
 def _remember_trust(job: Any, output: str, workdir: Path, events: Path, *,
-                    trust_model_code: bool) -> str:
+                    trust_model_code: bool) -> ReportRecord:
     """A local-backend runner that only records the trust it was handed."""
     _HANDED.append(trust_model_code)
-    return ""
+    return ReportRecord(artifacts=Artifacts(model="m", baseline="b", report="r", results="j",
+                                            lineage="l"),
+                        promotion=PromotionVerdict(decision="Promoted", reasons=[]))
 
 
 def test_the_operator_setting_reaches_the_reconciler_and_the_backends(

@@ -498,3 +498,28 @@ def test_a_condition_too_long_or_too_deep_is_refused(condition: str, problem: st
 def test_a_condition_within_the_caps_is_accepted(condition: str) -> None:
     job = parse_job(_minimal_with("spec.promotion.condition", condition), "job.yaml")
     assert job.spec.promotion.condition == condition
+
+
+# ------------------------------------------------------------ credentials per namespace
+
+
+@pytest.mark.parametrize("name", ["team-a-minio", "minio.credentials", "a", "s3-1"])
+def test_a_storage_secret_is_named_by_spec_storage(name: str) -> None:
+    job = parse_job(_minimal_with("spec.storage.secretName", name), "job.yaml")
+    assert job.spec.storage is not None and job.spec.storage.secret_name == name
+    assert job.spec.to_wire()["storage"] == {"secretName": name}
+
+
+@pytest.mark.parametrize("name", ["Team-A", "team_a", "-minio", "minio-", "a..b",
+                                  "../platform", "x" * 254, ""])
+def test_a_storage_secret_name_that_is_no_kubernetes_name_is_refused(name: str) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        parse_job(_minimal_with("spec.storage.secretName", name), "job.yaml")
+    assert str(refused.value).startswith("job.yaml: spec.storage.secretName: "), refused.value
+
+
+def test_spec_storage_takes_only_a_secret_name() -> None:
+    with pytest.raises(InvalidInput) as refused:
+        parse_job(_minimal_with("spec.storage.accessKeyId", "AKIAEXAMPLE"), "job.yaml")
+    assert "spec.storage.accessKeyId" in str(refused.value)
+    assert parse_job(MINIMAL, "job.yaml").spec.storage is None
