@@ -37,7 +37,7 @@ def run_operator(backend: str, namespace: str | None, all_namespaces: bool,
     if backend == "local" and all_namespaces and not get_settings().allow_local_all_namespaces:
         raise InvalidInput("--backend", LOCAL_IS_SINGLE_TENANT)
     settings = OperatorSettings()
-    config = operator_config(settings)
+    config = operator_config(settings, backend)
     chosen_backend = make_backend(backend, settings)
     kopf.configure(debug=settings.log_debug,
                    log_format=kopf.LogFormat.JSON if settings.log_json else kopf.LogFormat.FULL)
@@ -55,7 +55,7 @@ def run_operator(backend: str, namespace: str | None, all_namespaces: bool,
              loop=uvloop.new_event_loop())
 
 
-def operator_config(settings: OperatorSettings) -> Config:
+def operator_config(settings: OperatorSettings, backend: str = "local") -> Config:
     """The reconciler's config; InvalidInput naming the setting when a namespace prefix is
     unusable or the default output lies outside the prefixes."""
     for template in settings.namespace_prefixes:
@@ -73,7 +73,8 @@ def operator_config(settings: OperatorSettings) -> Config:
                   allowed_images=tuple(settings.allowed_images or [core.step_image]),
                   max_deadline_seconds=settings.max_deadline_seconds,
                   max_runs_per_namespace=settings.max_runs_per_namespace,
-                  trust_model_code=core.trust_model_code)
+                  trust_model_code=core.trust_model_code,
+                  job_secrets=backend == "kfp" and settings.kfp_namespace is not None)
 
 
 def make_backend(name: str, settings: OperatorSettings) -> Backend:

@@ -127,6 +127,10 @@ class Config:
     max_runs_per_namespace: int = 2
     # Whether a job may name a model format that is a program (MODELPRESS_TRUST_MODEL_CODE).
     trust_model_code: bool = False
+    # Whether a job may choose its storage Secret (spec.storage): only where each job's
+    # steps run in its own namespace (a multi-user Kubeflow). Elsewhere every job's steps
+    # share one namespace, whose Secrets (the platform's among them) are not a tenant's.
+    job_secrets: bool = False
 
 
 # ----------------------------------------------------------------------------- actions
@@ -229,6 +233,10 @@ def checked(job: JobView, config: Config) -> Checked:
     refused = untrusted_program(parsed.spec, config.trust_model_code)
     if refused:
         return str(refused)
+    if parsed.spec.storage is not None and not config.job_secrets:
+        return ("spec.storage.secretName: this operator runs every job's steps in one "
+                "namespace (the local backend or a single-user Kubeflow), where a job may not "
+                "choose a Secret; remove spec.storage")
     return parsed
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from modelpress.api import CompressionJob
+from modelpress.errors import one_line
 from modelpress.tenancy import expand, outside
 
 # Inputs by these schemes name a place in a store or on disk; builtin:// names shipped
@@ -51,4 +52,5 @@ def image_refused(image: str, allowed: Sequence[str]) -> str | None:
     if not image or image in allowed:
         return None
     listed = ", ".join(allowed) or "only the operator's step image"
-    return f"spec.image: {image} is not an allowed image (MODELPRESS_ALLOWED_IMAGES: {listed})"
+    return (f"spec.image: {one_line(image[:200])} is not an allowed image "
+            f"(MODELPRESS_ALLOWED_IMAGES: {listed})")

@@ -375,7 +375,8 @@ def _within_scope(job: CompressionJob) -> bool:
     output = output_of(job, CONFIG)
     return outside_namespace(job, output, CONFIG.namespace_prefixes) is None \
         and image_refused(job.spec.image, CONFIG.allowed_images) is None \
-        and untrusted_program(job.spec, CONFIG.trust_model_code) is None
+        and untrusted_program(job.spec, CONFIG.trust_model_code) is None \
+        and (job.spec.storage is None or CONFIG.job_secrets)
 
 
 # ----------------------------------------------------------------------------- the CLI

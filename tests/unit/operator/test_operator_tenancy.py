@@ -38,6 +38,7 @@ from modelpress.operator.reconcile import (
     Observation,
     SubmitRun,
     TerminateRun,
+    checked,
 )
 from modelpress.operator.status import find_condition
 
@@ -396,3 +397,33 @@ def test_submit_carries_the_jobs_own_namespace_output() -> None:
     decision = reconciled(team_job(), Observation(NOW), TEAMS)
     (submit,) = [a for a in decision.actions if isinstance(a, SubmitRun)]
     assert submit.request.output == "s3://modelpress/team-a/digits/"
+
+
+@pytest.mark.parametrize(("job_secrets", "refused"), [(False, True), (True, False)],
+                         ids=["one-namespace-for-all-steps", "multi-user-kubeflow"])
+def test_a_job_chooses_its_storage_secret_only_where_its_steps_run_apart(
+        job_secrets: bool, refused: bool) -> None:
+    config = replace(TEAMS, job_secrets=job_secrets)
+    job = team_job({**spec(), "storage": {"secretName": "platform-s3"}})
+    parsed = checked(job, config)
+    if refused:
+        assert isinstance(parsed, str) and parsed.startswith("spec.storage.secretName: ")
+    else:
+        assert not isinstance(parsed, str) and parsed.spec.storage is not None
+
+
+@pytest.mark.parametrize(("backend", "namespace", "job_secrets"),
+                         [("local", None, False), ("kfp", None, False), ("kfp", "kubeflow", True)])
+def test_only_a_multi_user_kubeflow_lets_jobs_choose_secrets(
+        monkeypatch: pytest.MonkeyPatch, backend: str, namespace: str | None,
+        job_secrets: bool) -> None:
+    if namespace:
+        monkeypatch.setenv("MODELPRESS_KFP_NAMESPACE", namespace)
+    assert operator_config(OperatorSettings(), backend).job_secrets is job_secrets
+
+
+def test_a_refused_image_is_named_on_one_line() -> None:
+    job = team_job({**spec(), "image": "evil\r\nX-Injected: 1"})
+    problem = checked(job, TEAMS)
+    assert isinstance(problem, str) and len(problem.splitlines()) == 1
+    assert problem.startswith("spec.image: evil")
