@@ -19,12 +19,6 @@ ROOT = HERE.parents[2]
 WAIT_SECONDS = 30.0
 
 
-@pytest.fixture(autouse=True)
-def _workers_import_the_fakes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [
-        str(HERE), os.environ.get("PYTHONPATH")])))
-
-
 def request(tmp_path: Path, key: str = "uid-1", namespace: str = "default") -> RunRequest:
     document = yaml.safe_load((ROOT / "examples" / "digits-prune-quantize.yaml").read_text())
     document["metadata"]["namespace"] = namespace

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from modelpress.operator.backends.local import LocalBackend
@@ -25,12 +23,6 @@ from modelpress.operator.reconcile import Config, JobView
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
 WAIT_SECONDS = 30.0
-
-
-@pytest.fixture(autouse=True)
-def _workers_import_the_fakes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [
-        str(HERE), os.environ.get("PYTHONPATH")])))
 
 
 def _events(type_: str, reason: str, message: str) -> None:
