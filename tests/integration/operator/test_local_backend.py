@@ -86,7 +86,9 @@ def test_submitting_the_same_job_twice_starts_one_run(tmp_path: Path) -> None:
     restarted = backend(tmp_path, "hang")  # a new operator process, same run folders
     assert restarted.submit(request(tmp_path)) == first
     assert len(list((tmp_path / "runs").iterdir())) == 1
-    assert restarted.runs_in_flight() == 1
+    # Seen by the restarted operator once the worker has exec'd (its command line names
+    # the run folder); a forked child not yet exec'd is not told from a recycled pid.
+    wait_for(lambda: restarted.runs_in_flight() == 1)
     local.terminate(first)
 
 
