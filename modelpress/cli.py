@@ -225,7 +225,8 @@ def _show_progress(worker: threading.Thread, events: Path) -> None:
     # A live status line only on a terminal: elsewhere rich would swallow the step lines.
     live = console.status("starting the pipeline…") if console.is_terminal else None
     with live or contextlib.nullcontext():
-        while worker.is_alive() or shown < len(read_events(events)):
+        while True:
+            ended = not worker.is_alive()  # before reading: the last read sees every event
             seen = read_events(events)
             for event in seen[shown:]:
                 if event.event == "started":
@@ -239,6 +240,8 @@ def _show_progress(worker: threading.Thread, events: Path) -> None:
                     console.print(f"[red]✗[/red] {escape(event.step):<16}",
                                   escape(event.message), highlight=False)
             shown = len(seen)
+            if ended:
+                return
             worker.join(timeout=0.2)
 
 

@@ -58,6 +58,7 @@ from modelpress.operator.status import (
     succeeded,
     waiting,
 )
+from modelpress.pipelines.build import run_deadline
 from modelpress.records import RESULTS
 from modelpress.settings import within_allowed_roots
 from modelpress.store import local_folder
@@ -259,9 +260,10 @@ def output_of(job: CompressionJob, config: Config) -> str:
 
 
 def deadline_of(parsed: Checked, config: Config) -> int:
-    """The job's own deadline, at most the operator's cap, which is also the default."""
-    asked = None if isinstance(parsed, str) else parsed.spec.deadline_seconds
-    return min(asked or config.max_deadline_seconds, config.max_deadline_seconds)
+    """The job's deadline as its compiled tasks carry it (an invalid spec: the cap)."""
+    if isinstance(parsed, str):
+        return config.max_deadline_seconds
+    return run_deadline(parsed.spec, config.max_deadline_seconds)
 
 
 def transition_events(before: CompressionStatus, after: CompressionStatus) -> list[EmitEvent]:
