@@ -113,13 +113,13 @@ def read_inputs(spec: CompressionSpec, scratch: Path, trusted: bool) -> Inputs:
     model = read_model(spec, scratch, trusted)
     check_step_formats(spec, model.manifest.format)
     signature = model.signature or probe_signature(model.module, datasets["eval"].arrays,
-                                                   spec.model.task)
+                                                   spec.model.kind)
     notes: list[str] = []
     for name, dataset in datasets.items():
-        arrays, cast = conform(dataset.arrays, signature, f"spec.data.{name}", spec.model.task)
+        arrays, cast = conform(dataset.arrays, signature, f"spec.data.{name}", spec.model.kind)
         datasets[name] = replace(dataset, arrays=arrays)
         notes += cast
-    if spec.model.task == "classification" and LABELS not in datasets["eval"].arrays:
+    if spec.model.kind == "classification" and LABELS not in datasets["eval"].arrays:
         raise InvalidInput("spec.data.eval", "classification needs labels: an array `y`")
     names = [item.name for item in signature.inputs]
     model = replace(model, manifest=replace(model.manifest, inputs=names))
@@ -135,7 +135,7 @@ def _tokenizer_of(spec: CompressionSpec) -> str | None:
 
 def load_datasets(spec: CompressionSpec, tokenizer: str | None) -> dict[str, Dataset]:
     """Each dataset the spec names, read once even when two fields name the same uri."""
-    sources = spec.data.model_dump(exclude_none=True)
+    sources = spec.data.sources()
     for name, uri in sources.items():
         assert_fetchable(uri, f"spec.data.{name}")
     read: dict[str, Dataset] = {}
@@ -161,7 +161,7 @@ def read_model(spec: CompressionSpec, scratch: Path, trusted: bool) -> SourceMod
         raise InvalidInput(MODEL_FIELD, f"{spec.model.uri}: a torch model must end in one of "
                                         f"{', '.join(_TORCH_SUFFIXES)}")
     local = readable_path(spec.model.uri, scratch, MODEL_FIELD)
-    base = Manifest(format="onnx", task=spec.model.task, inputs=[], source=spec.model.uri)
+    base = Manifest(format="onnx", task=spec.model.kind, inputs=[], source=spec.model.uri)
     digest = sha256_of(local)
     if model_format == "onnx":
         return SourceModel(base, _onnx_signature(local, spec.model.uri), None, local, digest)
@@ -243,7 +243,7 @@ def _builtin_model(spec: CompressionSpec) -> SourceModel:
         raise InvalidInput(MODEL_FIELD, f"unknown builtin model {name!r}; known: "
                                         f"{', '.join(zoo.BUILTIN_MODELS)}")
     builtin_options(spec.model.uri, MODEL_FIELD, {})
-    manifest = Manifest(format="bundle", task=spec.model.task, inputs=[],
+    manifest = Manifest(format="bundle", task=spec.model.kind, inputs=[],
                         architecture=f"builtin://{name}", source=spec.model.uri)
     return SourceModel(manifest, zoo.SIGNATURES[name])
 

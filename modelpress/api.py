@@ -79,23 +79,58 @@ SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z
 DEFAULT_STORAGE_SECRET = "modelpress-storage"
 
 
+# What a model is for. `classification` covers text and image classifiers alike; the
+# specific names say the same for users who think of Hugging Face pipelines.
+Task = Literal["classification", "text-classification", "image-classification", "embedding"]
+CLASSIFICATION_TASKS = ("classification", "text-classification", "image-classification")
+
+
+def output_kind(task: str) -> Literal["classification", "embedding"]:
+    """What the model's output is judged as: class logits, or an embedding."""
+    return "classification" if task in CLASSIFICATION_TASKS else "embedding"
+
+
 class ModelSource(Model):
-    uri: Uri = Field(description="Where the trained model comes from.")
-    format: Literal["torch", "onnx"] | None = Field(
-        default=None, description="torch | onnx; default: from the uri's file extension."
+    uri: Uri = Field(description="Where the trained model comes from: a file, or a Hugging "
+                                 "Face model folder (a uri ending in /).")
+    format: Literal["torch", "onnx", "hf"] | None = Field(
+        default=None, description="torch | onnx | hf; default: from the uri (a folder is hf, "
+                                  ".onnx is onnx, a torch or .safetensors file is torch)."
     )
-    task: Literal["classification", "embedding"] = "classification"
+    task: Task = "classification"
     architecture: str | None = Field(
         default=None,
         pattern=r"^(builtin://[a-z0-9-]+|python://[A-Za-z_][\w.]*:[A-Za-z_]\w*)$",
-        description="For a state_dict: builtin://NAME or python://module:factory.",
+        description="For a state_dict (.pt/.pth/.bin/.safetensors): builtin://NAME or "
+                    "python://module:factory.",
     )
+
+    @property
+    def kind(self) -> Literal["classification", "embedding"]:
+        return output_kind(self.task)
+
+
+# The fields of DataSources that name datasets (the others say how to read them).
+DATASET_FIELDS = ("eval", "calibration", "train")
 
 
 class DataSources(Model):
     eval: Uri = Field(description="Held-out data the metric is measured on.")
     calibration: Uri | None = Field(default=None, description="For static quantization.")
     train: Uri | None = Field(default=None, description="For fine-tuning and distillation.")
+    text_column: str = Field(default="text", min_length=1, max_length=128,
+                             description="Tabular and .jsonl data: the column holding text.")
+    label_column: str = Field(default="label", min_length=1, max_length=128,
+                              description="Tabular and .jsonl data: the column holding labels "
+                                          "(class indices, or names from the model's id2label).")
+    max_eval_rows: int | None = Field(
+        default=None, ge=1, le=10_000_000,
+        description="Evaluate on a seeded random sample of this many rows (stated in results).")
+
+    def sources(self) -> dict[str, str]:
+        """Each named dataset's uri, by field name (eval first)."""
+        return {name: uri for name in DATASET_FIELDS
+                if (uri := getattr(self, name)) is not None}
 
 
 class PruneSchedule(Model):

@@ -121,7 +121,7 @@ def _job_inputs(job: Any) -> dict[str, str]:
     """Every location the job reads, by field."""
     inputs = {"spec.model.uri": job.spec.model.uri}
     inputs |= {f"spec.data.{name}": uri
-               for name, uri in job.spec.data.model_dump(exclude_none=True).items()}
+               for name, uri in job.spec.data.sources().items()}
     return inputs
 
 

@@ -359,7 +359,7 @@ def test_field_path(location: tuple[int | str, ...], text: str) -> None:
 @pytest.mark.parametrize(("path", "value", "line"), [
     ("spec.model.colour", "red", "spec.model.colour: unknown field"),
     ("spec.steps.0.prune.sparsity", 1.5, "spec.steps[0].prune.sparsity: Input should be less"),
-    ("spec.model.format", "tf", "spec.model.format: Input should be 'torch' or 'onnx'"),
+    ("spec.model.format", "tf", "spec.model.format: Input should be 'torch', 'onnx' or 'hf'"),
     ("spec.steps", [], "spec.steps: List should have at least 1 item"),
     ("spec.steps.0", {}, "spec.steps[0]: each step needs exactly one of"),
     ("spec.steps", [{"quantize": {}}, {"prune": {}}],
