@@ -45,7 +45,7 @@ def minilm_direct(scratch: Path) -> tuple[Path, Path]:
 
     module = zoo.minilm_l6()
     module.load_state_dict(zoo.pretrained_state("minilm-l6"))
-    sample = zoo.minilm_tokenize(zoo.sentences("eval")[:4])
+    sample = zoo.builtin_preprocessor("minilm-l6").tokenize(zoo.sentences("eval")[:4], "sample")
     fp32 = scratch / "minilm-fp32.onnx"
     with torch.no_grad():
         export_onnx(module, sample, ["input_ids", "attention_mask"], fp32)
@@ -139,7 +139,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         fp32, direct = minilm_direct(Path(scratch))
-        sentences = zoo.minilm_tokenize(zoo.sentences("eval"))
+        minilm_tokenizer = zoo.builtin_preprocessor("minilm-l6")
+        sentences = minilm_tokenizer.tokenize(zoo.sentences("eval"), "sentences")
         minilm = compare("MiniLM-L6 embeddings (metric: mean cosine to fp32)", "embedding",
                          {"fp32": fp32, "ort quantize_dynamic per-channel": direct,
                           "modelpress quantize auto": OUT / "minilm-auto" / "model.onnx",

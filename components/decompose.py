@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING
 
 from modelpress.api import DecomposeStep
 from modelpress.components.data import Arrays
-from modelpress.components.modelio import load_torch, read_manifest, save_traced, torch_inputs
+from modelpress.components.modelio import (
+    REBUILDABLE,
+    load_torch,
+    read_manifest,
+    save_traced,
+    torch_inputs,
+)
 from modelpress.components.result import timed
 from modelpress.errors import InvalidInput
 from modelpress.records import DecomposeRecord
@@ -66,10 +72,11 @@ def decompose(model_in: Path, options: DecomposeStep, sample: Arrays,
               model_out: Path) -> DecomposeRecord:
     with timed() as clock:
         manifest = read_manifest(model_in)
-        if manifest.format != "bundle":
+        if manifest.format not in REBUILDABLE:
             raise InvalidInput("spec.steps", "decompose needs a model it can rebuild: a "
-                                             "builtin, state_dict or python:// model, before "
-                                             "any structured prune or decompose step")
+                                             "builtin, state_dict, Hugging Face folder or "
+                                             "python:// model, before any structured prune or "
+                                             "decompose step")
         module = load_torch(model_in)
         before = sum(p.numel() for p in module.parameters())
         replaced = decompose_linears(module, options)

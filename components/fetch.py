@@ -23,9 +23,17 @@ from typing import Any
 
 from modelpress.api import CompressionSpec
 from modelpress.components import zoo
-from modelpress.components.data import LABELS, Dataset, conform, input_names, save_arrays
+from modelpress.components.data import (
+    LABELS,
+    Dataset,
+    ReadOptions,
+    conform,
+    input_names,
+    save_arrays,
+)
 from modelpress.components.data import load_dataset as load_one_dataset
 from modelpress.components.modelio import (
+    PREPROCESSOR,
     InputSpec,
     Manifest,
     Signature,
@@ -36,12 +44,15 @@ from modelpress.components.modelio import (
     torch_inputs,
     write_manifest,
 )
+from modelpress.components.preprocess import Preprocessor
+from modelpress.components.readers import Columns
 from modelpress.components.result import timed
 from modelpress.components.sources import (
     assert_fetchable,
     builtin_name,
     builtin_options,
     file_suffix,
+    readable_folder,
     readable_path,
 )
 from modelpress.errors import InvalidInput
@@ -52,7 +63,7 @@ from modelpress.trust import PROGRAM_SUFFIXES, program_refusal, require_trusted
 
 MODEL_FIELD = "spec.model.uri"
 BASELINE_ONNX = "baseline.onnx"
-_TORCH_SUFFIXES = (".pt", ".pth", ".ts", ".bin", ".pt2")
+_TORCH_SUFFIXES = (".pt", ".pth", ".ts", ".bin", ".pt2", ".safetensors")
 _PROBE_ROWS = 2
 _ERROR_CHARS = 200
 
@@ -60,13 +71,15 @@ _ERROR_CHARS = 200
 @dataclass(frozen=True)
 class SourceModel:
     """The job's model as read: what the working model will be, what it takes (None: a torch
-    model that does not say, probed on the data), and for user files the bytes read."""
+    model that does not say, probed on the data), for user files the bytes read, and how
+    data is prepared for it (its tokenizer or image processor, its label names)."""
 
     manifest: Manifest
     signature: Signature | None
-    module: Any | None = None  # the loaded torch module of a user's torch file
-    local: Path | None = None  # the user's file as read (in place, or downloaded to scratch)
+    module: Any | None = None  # the loaded torch module of a user's torch file or HF folder
+    local: Path | None = None  # the user's file or HF folder as read (in place, or downloaded)
     source_sha256: str | None = None
+    preprocessor: Preprocessor = Preprocessor()
 
 
 @dataclass(frozen=True)
@@ -106,19 +119,20 @@ def check_inputs(spec: CompressionSpec, *, trust_model_code: bool = False) -> li
 
 
 def read_inputs(spec: CompressionSpec, scratch: Path, trusted: bool) -> Inputs:
-    """Refuse programs unless `trusted`; read the datasets and the model once each; check
-    the steps against the model's format and every dataset against what the model takes."""
+    """Refuse programs unless `trusted`; read the model, then the datasets with its
+    preprocessor, once each; check the steps against the model's format and every dataset
+    against what the model takes."""
     require_trusted(spec, trusted)
-    datasets = load_datasets(spec, _tokenizer_of(spec))
     model = read_model(spec, scratch, trusted)
     check_step_formats(spec, model.manifest.format)
+    datasets = load_datasets(spec, model.preprocessor)
     signature = model.signature or probe_signature(model.module, datasets["eval"].arrays,
                                                    spec.model.kind)
     notes: list[str] = []
     for name, dataset in datasets.items():
         arrays, cast = conform(dataset.arrays, signature, f"spec.data.{name}", spec.model.kind)
         datasets[name] = replace(dataset, arrays=arrays)
-        notes += cast
+        notes += [*dataset.notes, *cast]
     if spec.model.kind == "classification" and LABELS not in datasets["eval"].arrays:
         raise InvalidInput("spec.data.eval", "classification needs labels: an array `y`")
     names = [item.name for item in signature.inputs]
@@ -126,23 +140,29 @@ def read_inputs(spec: CompressionSpec, scratch: Path, trusted: bool) -> Inputs:
     return Inputs(datasets, model, notes)
 
 
-def _tokenizer_of(spec: CompressionSpec) -> str | None:
-    for reference in (spec.model.uri, spec.model.architecture or ""):
-        if reference.startswith("builtin://"):
-            return builtin_name(reference)
-    return None
-
-
-def load_datasets(spec: CompressionSpec, tokenizer: str | None) -> dict[str, Dataset]:
-    """Each dataset the spec names, read once even when two fields name the same uri."""
+def load_datasets(spec: CompressionSpec, preprocessor: Preprocessor) -> dict[str, Dataset]:
+    """Each dataset the spec names, text and images prepared with the model's own
+    `preprocessor`, read once even when two fields name the same uri (the eval set apart,
+    when `maxEvalRows` samples it); a classifier's eval set must have labels."""
     sources = spec.data.sources()
     for name, uri in sources.items():
         assert_fetchable(uri, f"spec.data.{name}")
-    read: dict[str, Dataset] = {}
+    columns = Columns(text=spec.data.text_column, label=spec.data.label_column)
+    read: dict[tuple[str, int | None], Dataset] = {}
     for name, uri in sources.items():
-        if uri not in read:
-            read[uri] = load_one_dataset(uri, f"spec.data.{name}", tokenizer)
-    return {name: read[uri] for name, uri in sources.items()}
+        cap = spec.data.max_eval_rows if name == "eval" else None
+        if (uri, cap) not in read:
+            read[uri, cap] = load_one_dataset(uri, f"spec.data.{name}", preprocessor,
+                                              ReadOptions(columns, cap))
+    datasets = {name: read[uri, spec.data.max_eval_rows if name == "eval" else None]
+                for name, uri in sources.items()}
+    if spec.model.kind == "classification" and LABELS not in datasets["eval"].arrays:
+        raise InvalidInput("spec.data.eval", f"{spec.data.eval} has no labels, and "
+                                             f"{spec.model.task} is measured against them: a "
+                                             f"column {columns.label!r} "
+                                             "(spec.data.labelColumn), an array `y` in .npz, "
+                                             "or class folders of images")
+    return datasets
 
 
 # ----------------------------------------------------------------------------- the model
@@ -150,11 +170,13 @@ def load_datasets(spec: CompressionSpec, tokenizer: str | None) -> dict[str, Dat
 
 def read_model(spec: CompressionSpec, scratch: Path, trusted: bool) -> SourceModel:
     """The model, read once: a builtin is only named (its inputs are known), an ONNX file is
-    loaded and checked, a torch file is loaded without unpickling anything (a program only
-    when `trusted`)."""
+    loaded and checked, a torch file or Hugging Face folder (a uri ending in /, or format
+    hf) is loaded without unpickling anything (a program only when `trusted`)."""
     assert_fetchable(spec.model.uri, MODEL_FIELD)
     if spec.model.uri.startswith("builtin://"):
-        return _builtin_model(spec)
+        return _builtin_model(spec, trusted)
+    if spec.model.format == "hf" or spec.model.uri.endswith("/"):
+        return _hf_model(spec, readable_folder(spec.model.uri, scratch, MODEL_FIELD), trusted)
     suffix = file_suffix(spec.model.uri)
     model_format = spec.model.format or ("onnx" if suffix == ".onnx" else "torch")
     if model_format == "torch" and suffix not in _TORCH_SUFFIXES:
@@ -167,18 +189,31 @@ def read_model(spec: CompressionSpec, scratch: Path, trusted: bool) -> SourceMod
         return SourceModel(base, _onnx_signature(local, spec.model.uri), None, local, digest)
     module, manifest = _read_torch(local, spec, base, trusted)
     architecture = manifest.architecture or ""
-    signature = zoo.SIGNATURES.get(builtin_name(architecture)) \
-        if architecture.startswith("builtin://") else None
-    return SourceModel(manifest, signature, module, local, digest)
+    builtin = builtin_name(architecture) if architecture.startswith("builtin://") else ""
+    return SourceModel(manifest, zoo.SIGNATURES.get(builtin), module, local, digest,
+                       zoo.builtin_preprocessor(builtin))
+
+
+def _hf_model(spec: CompressionSpec, folder: Path, trusted: bool) -> SourceModel:
+    """A Hugging Face folder, wrapped for the job's task (modelpress.components.hf)."""
+    from modelpress.components.hf import folder_sha256, read_hf_folder
+
+    read = read_hf_folder(folder, spec.model.task, trusted, spec.model.uri, MODEL_FIELD)
+    manifest = Manifest(format="hf", task=spec.model.kind, inputs=[], source=spec.model.uri)
+    return SourceModel(manifest, read.signature, read.module, folder, folder_sha256(folder),
+                       read.preprocessor)
 
 
 def write_model(model: SourceModel, sample: dict[str, Any], out: Path) -> Manifest:
-    """Write the working model and the fp32 ONNX baseline every figure is measured against."""
+    """Write the working model and the fp32 ONNX baseline every figure is measured against,
+    with the model's preprocessing files (`PREPROCESSOR/`), which travel to the output."""
     out.mkdir(parents=True, exist_ok=True)
     manifest = model.manifest
     if model.local is not None and manifest.format == "onnx":
-        shutil.copyfile(model.local, out / manifest.file)
-        shutil.copyfile(model.local, out / BASELINE_ONNX)
+        from modelpress.components.onnxfiles import copy_onnx, write_working_copy
+
+        write_working_copy(model.local, out / manifest.file)
+        copy_onnx(out / manifest.file, out / BASELINE_ONNX)
     else:
         module = _load_builtin(manifest) if model.module is None else model.module
         if model.local is not None and model.local.suffix.lower() == ".pt2":
@@ -186,7 +221,19 @@ def write_model(model: SourceModel, sample: dict[str, Any], out: Path) -> Manife
         save_torch(module, out, manifest)
         export_onnx(module, sample, manifest.inputs, out / BASELINE_ONNX)
     write_manifest(out, manifest)
+    _copy_preprocessing(model.preprocessor, out / PREPROCESSOR)
     return manifest
+
+
+def _copy_preprocessing(preprocessor: Preprocessor, folder: Path) -> None:
+    """The tokenizer or image-processor files and config.json (id2label) of the model."""
+    if preprocessor.folder is None:
+        return
+    from modelpress.components.hf import preprocessing_files
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in preprocessing_files(preprocessor.folder):
+        shutil.copyfile(path, folder / path.name)
 
 
 def _lineage_inputs(spec: CompressionSpec, inputs: Inputs, model_out: Path,
@@ -237,15 +284,19 @@ def _probed_input(name: str, array: Any, floats: str) -> InputSpec:
                      ("batch", *rest))
 
 
-def _builtin_model(spec: CompressionSpec) -> SourceModel:
+def _builtin_model(spec: CompressionSpec, trusted: bool) -> SourceModel:
+    """A builtin: an HF folder from the zoo (built once into the cache) is read like a
+    user's; any other is only named here, and built when fetch writes it."""
     name = builtin_name(spec.model.uri)
     if name not in zoo.BUILTIN_MODELS:
         raise InvalidInput(MODEL_FIELD, f"unknown builtin model {name!r}; known: "
                                         f"{', '.join(zoo.BUILTIN_MODELS)}")
     builtin_options(spec.model.uri, MODEL_FIELD, {})
+    if name in zoo.HF_FOLDERS:
+        return _hf_model(spec, zoo.HF_FOLDERS[name](), trusted)
     manifest = Manifest(format="bundle", task=spec.model.kind, inputs=[],
                         architecture=f"builtin://{name}", source=spec.model.uri)
-    return SourceModel(manifest, zoo.SIGNATURES[name])
+    return SourceModel(manifest, zoo.SIGNATURES[name], preprocessor=zoo.builtin_preprocessor(name))
 
 
 def _load_builtin(manifest: Manifest) -> Any:
@@ -256,15 +307,28 @@ def _load_builtin(manifest: Manifest) -> Any:
 
 
 def _onnx_signature(path: Path, uri: str) -> Signature:
+    """What the user's ONNX model at `path` takes, once its external data (if any) lies
+    checked beside it (`onnxfiles`) and onnx's checker passes the model with its data."""
     import onnx
 
+    from modelpress.components.onnxfiles import gather_external_data
+    from modelpress.components.sources import fetch_to
+
     try:
-        model = onnx.load(str(path))
-        onnx.checker.check_model(model)
+        model = onnx.load(str(path), load_external_data=False)
+        gather_external_data(model, path, uri, MODEL_FIELD, fetch_to)
+        onnx.checker.check_model(str(path))
+    except InvalidInput:
+        raise
     except Exception as error:  # onnx raises several unrelated types for corrupt files
         raise InvalidInput(MODEL_FIELD, f"{uri} is not a valid ONNX model "
-                                        f"({type(error).__name__})") from None
+                                        f"({type(error).__name__}: "
+                                        f"{_first_line(error)})") from None
     return onnx_signature(model)
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [""])[0][:_ERROR_CHARS]
 
 
 def _read_torch(path: Path, spec: CompressionSpec, base: Manifest,
@@ -330,6 +394,27 @@ def _looks_pickled(path: Path) -> bool:
 
 
 def _read_state_dict(path: Path, uri: str) -> dict[str, Any]:
+    """A state_dict of tensors: a safetensors file, or a torch file read weights only."""
+    state = _read_safetensors(path, uri) if path.suffix.lower() == ".safetensors" \
+        else _read_torch_state(path, uri)
+    if not isinstance(state, dict) or not all(hasattr(v, "shape") for v in state.values()):
+        raise InvalidInput(MODEL_FIELD, f"{uri} holds no state_dict of tensors")
+    return state
+
+
+def _read_safetensors(path: Path, uri: str) -> dict[str, Any]:
+    """A safetensors file: a JSON header and raw tensors, nothing that could run code."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise InvalidInput(MODEL_FIELD, f"{uri} is not a readable safetensors file "
+                                        f"({_first_line(error)})") from None
+
+
+def _read_torch_state(path: Path, uri: str) -> Any:
     import torch
 
     unreadable = InvalidInput(MODEL_FIELD, f"{uri} is not a readable torch file (corrupt or "
@@ -346,8 +431,6 @@ def _read_state_dict(path: Path, uri: str) -> dict[str, Any]:
                                         "torch.export (.pt2) or ONNX") from None
     except (RuntimeError, EOFError, OSError, ValueError):
         raise unreadable from None
-    if not isinstance(state, dict) or not all(hasattr(v, "shape") for v in state.values()):
-        raise InvalidInput(MODEL_FIELD, f"{uri} holds no state_dict of tensors")
     return state
 
 
@@ -364,8 +447,8 @@ _FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
 
 
 def _read_exported(path: Path, uri: str) -> Any:
-    """A trusted torch.export program's module (traced to TorchScript by `write_model`, so
-    later steps can edit its weights).
+    """A trusted torch.export program's module, with a free batch axis (`_batch_free`),
+    traced to TorchScript by `write_model` so that later steps can edit its weights.
 
     torch.export.load unpickles some members (sample inputs, some tensors) and, when a
     weights-only read fails, tries again with plain unpickling. Here only the members
@@ -387,7 +470,41 @@ def _read_exported(path: Path, uri: str) -> Any:
     except Exception as error:  # torch raises many types for a corrupt archive
         raise InvalidInput(MODEL_FIELD, f"{uri} is not a loadable torch.export program "
                                         f"({type(error).__name__})") from None
-    return program.module()
+    return _batch_free(program, uri).module()
+
+
+_EXAMPLE_BATCH = 2  # torch.export specializes a batch of 0 or 1; 2 keeps the axis free
+
+
+def _batch_free(program: Any, uri: str) -> Any:
+    """`program` when its batch axis is free; else exported again from its own graph with a
+    batch `Dim` (torch.export's default, `export(m, (x,))`, fixes the batch to x's). A graph
+    that depends on its batch size is refused, saying what to hand over instead."""
+    import torch
+
+    values = _user_inputs(program)
+    if not all(isinstance(value, torch.Tensor) and value.dim() > 0 for value in values) \
+            or not any(isinstance(value.shape[0], int) for value in values):
+        return program  # a batch axis already free, or inputs the data probe judges
+    batch = torch.export.Dim("batch")
+    try:
+        examples = tuple(torch.zeros((_EXAMPLE_BATCH, *value.shape[1:]), dtype=value.dtype)
+                         for value in values)
+        return torch.export.export(program.module(check_guards=False), examples,
+                                   dynamic_shapes=tuple({0: batch} for _ in examples))
+    except Exception:  # torch reports a graph that fixes its batch in several error types
+        raise InvalidInput(MODEL_FIELD, f"{uri} is a torch.export program whose graph fixes "
+                                        "its batch size; export it with dynamic_shapes giving "
+                                        "the batch axis a torch.export.Dim, or hand over a "
+                                        "state_dict with spec.model.architecture, or ONNX"
+                           ) from None
+
+
+def _user_inputs(program: Any) -> list[Any]:
+    """The example values torch.export recorded for the program's own inputs."""
+    placeholders = {node.name: node for node in program.graph.nodes
+                    if node.op == "placeholder"}
+    return [placeholders[name].meta.get("val") for name in program.graph_signature.user_inputs]
 
 
 def _strange_member(path: Path) -> str | None:

@@ -4,6 +4,8 @@ A working model is a folder with `manifest.json` and one model file:
 - `bundle`: an architecture reference plus `weights.pt`, a state_dict loaded with
   `weights_only=True` (never an arbitrary pickle);
 - `torchscript`: `model.ts`, for user models that carry their own code;
+- `hf`: a Hugging Face folder `hf/` (save_pretrained, safetensors) plus the task that wraps
+  it (modelpress.components.hf), rebuildable like a bundle;
 - `onnx`: `model.onnx`, once a step has produced the deployable model.
 """
 
@@ -32,8 +34,14 @@ if TYPE_CHECKING:
 
 # One axis of an input's shape: a fixed size, a symbolic name ("batch"), or unknown (None).
 Dim = int | str | None
-Format = Literal["bundle", "torchscript", "onnx"]
-_FILES: dict[str, str] = {"bundle": "weights.pt", "torchscript": "model.ts", "onnx": "model.onnx"}
+Format = Literal["bundle", "torchscript", "onnx", "hf"]
+_FILES: dict[str, str] = {"bundle": "weights.pt", "torchscript": "model.ts", "onnx": "model.onnx",
+                          "hf": "hf"}
+# The original working model's subfolder holding the model's preprocessing files (tokenizer
+# or image processor, config.json for id2label), published beside the compressed model.
+PREPROCESSOR = "preprocessor"
+# Formats whose module a step may rebuild (structured prune, decompose).
+REBUILDABLE: tuple[Format, ...] = ("bundle", "hf")
 ONNX_OPSET = 17
 
 
@@ -124,6 +132,10 @@ def load_torch(folder: Path) -> torch.nn.Module:
         raise InvalidInput("spec.steps", "this step needs a torch model, but the model is ONNX")
     if manifest.format == "torchscript":
         return torch.jit.load(str(folder / manifest.file), map_location="cpu").eval()
+    if manifest.format == "hf":
+        from modelpress.components.hf import load_working
+
+        return load_working(folder / manifest.file)
     assert manifest.architecture is not None
     module = build_architecture(manifest.architecture)
     module.load_state_dict(torch.load(folder / manifest.file, weights_only=True))
@@ -137,6 +149,10 @@ def save_torch(module: torch.nn.Module, folder: Path, manifest: Manifest) -> Non
     folder.mkdir(parents=True, exist_ok=True)
     if manifest.format == "torchscript":
         torch.jit.save(module, str(folder / manifest.file))
+    elif manifest.format == "hf":
+        from modelpress.components.hf import save_working
+
+        save_working(module, folder / manifest.file)  # type: ignore[arg-type]
     else:
         torch.save(module.state_dict(), folder / manifest.file)
     write_manifest(folder, manifest)
@@ -191,7 +207,8 @@ def onnx_working_model(module: torch.nn.Module, manifest: Manifest,
 # ----------------------------------------------------------------------------- steps vs format
 
 _FORMAT_NAMES = {"onnx": "ONNX", "bundle": "a rebuildable torch model",
-                 "torchscript": "TorchScript"}
+                 "torchscript": "TorchScript", "hf": "a Hugging Face folder"}
+_HAND_OVER = "a state_dict with spec.model.architecture, or a Hugging Face folder"
 
 
 def check_step_formats(spec: CompressionSpec, original: Format) -> None:
@@ -217,17 +234,22 @@ def _step_problem(options: Model, current: Format, original: Format, uri: str) -
     """Why the step cannot run on a model in `current` format, or None.
 
     Prune, distill and QAT train or edit torch weights and load the original as teacher;
-    structured prune and decompose rebuild the module, which needs its architecture
-    (torch-pruning cannot edit TorchScript).
+    structured prune and decompose rebuild the module, which needs its architecture (a
+    builtin or python:// one, or a Hugging Face folder's): torch-pruning cannot edit
+    TorchScript.
     """
     name = _step_name(options)
     trains = isinstance(options, (PruneStep, DistillStep)) or (
         isinstance(options, QuantizeStep) and options.mode == "qat")
     if trains and original == "onnx":
         return f"{name} needs a torch model, but {uri} is ONNX"
-    if _rebuilds(options) and current != "bundle":
-        return (f"{name} needs a model rebuilt from its architecture (a builtin, or a "
-                f"state_dict with spec.model.architecture); here it is {_FORMAT_NAMES[current]}")
+    if _rebuilds(options) and current not in REBUILDABLE:
+        if original in REBUILDABLE:
+            return (f"{name} needs a model rebuilt from its architecture, but an earlier "
+                    "structured prune or decompose step has already rebuilt it; use one "
+                    "such step (prune.schedule.iterations repeats a prune)")
+        return (f"{name} needs a model rebuilt from its architecture; here it is "
+                f"{_FORMAT_NAMES[current]}: hand over {_HAND_OVER} instead")
     return None
 
 

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from modelpress.components.onnxfiles import size_bytes
+
 
 def onnx_figures(path: Path) -> dict[str, int]:
     """Bytes on disk, and the element and nonzero counts of its weight initializers."""
@@ -20,7 +22,7 @@ def onnx_figures(path: Path) -> dict[str, int]:
         if values.size > 1:  # scalars are scales, zero points and shape constants
             parameters += int(values.size)
             nonzero += int(np.count_nonzero(values))
-    return {"sizeBytes": path.stat().st_size, "parameters": parameters,
+    return {"sizeBytes": size_bytes(path), "parameters": parameters,
             "nonzeroParameters": nonzero}
 
 

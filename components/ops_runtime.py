@@ -185,11 +185,13 @@ def run_benchmark(name: str, pool: str, settings: str, original: Path, datasets:
 def run_report(name: str, job_name: str, output: str, promotion: str, original: Path,
                compressed: Path, ledger_in: Path, ledger: Path) -> None:
     from modelpress.components.fetch import BASELINE_ONNX
+    from modelpress.components.modelio import PREPROCESSOR
     from modelpress.components.report import report
 
     def work() -> tuple[Ledger, StepRecord]:
         before = read_ledger(ledger_in)
         return before, report(name, job_name, Promotion.model_validate_json(promotion), before,
-                              compressed / "model.onnx", original / BASELINE_ONNX, output)
+                              compressed / "model.onnx", original / BASELINE_ONNX, output,
+                              original / PREPROCESSOR)
 
     _recorded(name, work, ledger)

@@ -1,7 +1,10 @@
 """Prune: global or per-layer magnitude pruning of weight matrices, optionally gradual.
 
-Unstructured sparsity zeroes weights; it does not make the dense model smaller or faster
-by itself, so the step reports nonzero counts, never a speedup.
+Unstructured sparsity zeroes that fraction of the weights; it does not make the dense model
+smaller or faster by itself, so the step reports nonzero counts, never a speedup.
+Structured sparsity removes that fraction of heads, FFN neurons or channels
+(prune_structured.py); the step reports the fraction it actually removed of each and the
+parameter reduction that produced, which is larger (docs/pruning.md).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from modelpress.records import PruneRecord
 
 if TYPE_CHECKING:
     import torch
+
+    from modelpress.components.prune_structured import Units
 
 
 def prunable_weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -91,22 +96,65 @@ def _prune_unstructured(student: torch.nn.Module, options: PruneStep,
 
 def _prune_structured(student: torch.nn.Module, options: PruneStep, example: tuple,
                       fine: Callable[[dict[str, torch.Tensor] | None], None]) -> dict[str, Any]:
-    from modelpress.components.prune_structured import prune_structured
+    """Prune in `options.schedule.iterations` steps; return what all of them removed together
+    (PruneRecord's structure fields, wire names)."""
+    from modelpress.components.prune_structured import count_units, prune_structured
 
-    figures: dict[str, Any] = {}
-    cumulative = schedule_sparsities(options.sparsity, options.schedule.iterations)
-    for ratio in step_ratios(cumulative):
-        iteration = prune_structured(student, example, ratio, options.scope)
-        # Counts add up over the iterations; the strategy is the same each time.
-        figures = {key: value + figures.get(key, 0) if isinstance(value, int) else value
-                   for key, value in iteration.items()}
+    before = count_units(student)
+    for ratio in step_ratios(schedule_sparsities(options.sparsity, options.schedule.iterations)):
+        prune_structured(student, example, ratio, options.scope)
         fine(None)
+    return structure_figures(before, count_units(student))
+
+
+def structure_figures(before: Units, after: Units) -> dict[str, Any]:
+    """Counts and ratios removed, for the kinds of structure the model has."""
+    from modelpress.components.prune_structured import strategy_name
+
+    figures: dict[str, Any] = {"strategy": strategy_name(before)}
+    for kind, wire in (("heads", "Heads"), ("neurons", "Neurons"), ("channels", "Channels")):
+        total = getattr(before, kind)
+        if total:
+            removed = total - getattr(after, kind)
+            figures[f"removed{wire}"] = removed
+            figures[f"removed{wire[:-1]}Ratio"] = round(removed / total, 4)
     return figures
+
+
+def _structure_message(record: PruneRecord) -> str:
+    """The ratio of structure removed and the parameter reduction it produced, in one line."""
+    parts = [f"{ratio:g} of the {label} ({removed:,})" for label, removed, ratio in (
+        ("attention heads", record.removed_heads, record.removed_head_ratio),
+        ("FFN neurons", record.removed_neurons, record.removed_neuron_ratio),
+        ("channels", record.removed_channels, record.removed_channel_ratio))
+        if removed is not None and ratio is not None]
+    return (f"structured ({record.strategy}): removing {', '.join(parts) or 'nothing'} "
+            f"removed {record.parameter_reduction:.1%} of the parameters "
+            f"({record.parameters:,} of {record.parameters_before:,} left)")
+
+
+def _unstructured_message(record: PruneRecord) -> str:
+    return (f"unstructured: {record.parameters:,} parameters "
+            f"({record.nonzero_parameters:,} nonzero) of {record.parameters_before:,}")
 
 
 def _counts(module: torch.nn.Module) -> tuple[int, int]:
     parameters = list(module.parameters())
     return sum(int(p.numel()) for p in parameters), sum(int(p.count_nonzero()) for p in parameters)
+
+
+def prune_record(pruned: torch.nn.Module, parameters_before: int,
+                 structure: dict[str, Any] | None) -> PruneRecord:
+    """What the prune did to `pruned`; `structure`: `_prune_structured`'s figures, None when
+    the prune was unstructured. The parameter reduction counts the parameters a structured
+    prune removed, the weights an unstructured one zeroed."""
+    after, nonzero = _counts(pruned)
+    left = nonzero if structure is None else after
+    record = PruneRecord.model_validate({
+        **(structure or {}), "parametersBefore": parameters_before, "parameters": after,
+        "nonzeroParameters": nonzero, "parameterReduction": round(1 - left / parameters_before, 4)})
+    message = _unstructured_message if structure is None else _structure_message
+    return record.model_copy(update={"message": message(record)})
 
 
 def prune(model_in: Path, original: Path, options: PruneStep, sample: Arrays,
@@ -126,7 +174,7 @@ def prune(model_in: Path, original: Path, options: PruneStep, sample: Arrays,
             if teacher is not None and train is not None:
                 fine_tune(student, teacher, train, plan, masks)
 
-        structure: dict[str, Any] = {}
+        structure: dict[str, Any] | None = None
         if options.structured:
             example = torch_inputs({k: v[:2] for k, v in sample.items()}, manifest.inputs)
             structure = _prune_structured(student, options, example, fine)
@@ -134,9 +182,5 @@ def prune(model_in: Path, original: Path, options: PruneStep, sample: Arrays,
         else:
             _prune_unstructured(student, options, fine)
             save_torch(student, model_out, manifest)
-        after, nonzero = _counts(student)
-    return clock.stamp(PruneRecord.model_validate({
-        **structure, "parametersBefore": before, "parameters": after,
-        "nonzeroParameters": nonzero, "parameterReduction": round(1 - nonzero / before, 4),
-        "message": f"{'structured' if options.structured else 'unstructured'}: "
-                   f"{after:,} parameters ({nonzero:,} nonzero) of {before:,}"}))
+        record = prune_record(student, before, structure)
+    return clock.stamp(record)

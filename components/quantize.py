@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from modelpress.components.modelio import (
     read_manifest,
     write_manifest,
 )
+from modelpress.components.onnxfiles import DATA_SUFFIX, copy_onnx, is_large, save, size_bytes
 from modelpress.components.result import timed
 from modelpress.records import LatencyProbe, QuantizeRecord
 
@@ -36,11 +36,13 @@ def _fp32_onnx(model_in: Path, sample: Arrays, scratch: Path,
     if module is not None:
         export_onnx(module, sample, manifest.inputs, exported)
     elif manifest.format == "onnx":
-        shutil.copyfile(model_in / manifest.file, exported)
+        copy_onnx(model_in / manifest.file, exported)
     else:
         export_onnx(load_torch(model_in), sample, manifest.inputs, exported)
     prepared = scratch / "prepared.onnx"
-    quant_pre_process(str(exported), str(prepared), skip_symbolic_shape=True)
+    quant_pre_process(str(exported), str(prepared), skip_symbolic_shape=True,
+                      save_as_external_data=is_large(exported), all_tensors_to_one_file=True,
+                      external_data_location=prepared.name + DATA_SUFFIX)
     return prepared
 
 
@@ -48,7 +50,8 @@ def quantize_dynamic_int8(fp32: Path, out: Path, options: QuantizeStep, _: Array
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(fp32), str(out), per_channel=options.per_channel,
-                     weight_type=_weight_type(options, QuantType))
+                     weight_type=_weight_type(options, QuantType),
+                     use_external_data_format=is_large(fp32))
 
 
 def quantize_static_qdq(fp32: Path, out: Path, options: QuantizeStep, calibration: Arrays) -> None:
@@ -57,7 +60,8 @@ def quantize_static_qdq(fp32: Path, out: Path, options: QuantizeStep, calibratio
     quantize_static(str(fp32), str(out), _CalibrationReader(calibration),
                     quant_format=QuantFormat.QDQ, per_channel=options.per_channel,
                     activation_type=QuantType.QUInt8,
-                    weight_type=_weight_type(options, QuantType))
+                    weight_type=_weight_type(options, QuantType),
+                    use_external_data_format=is_large(fp32))
 
 
 def convert_fp16(fp32: Path, out: Path, options: QuantizeStep, _: Arrays) -> None:
@@ -65,7 +69,7 @@ def convert_fp16(fp32: Path, out: Path, options: QuantizeStep, _: Arrays) -> Non
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
-    onnx.save(model, str(out))
+    save(model, out, external=is_large(fp32))
 
 
 def _weight_type(options: QuantizeStep, quant_type: Any) -> Any:
@@ -150,14 +154,18 @@ def quantize(model_in: Path, options: QuantizeStep, sample: Arrays,
                 summary = f"{options.mode} ({options.weight_type}" \
                           f"{', per-channel' if options.per_channel else ''})"
         write_manifest(model_out, manifest)
-        size_bytes = target.stat().st_size
-    return clock.stamp(QuantizeRecord(mode=options.mode, size_bytes=size_bytes,
+        written_bytes = size_bytes(target)
+    return clock.stamp(QuantizeRecord(mode=options.mode, size_bytes=written_bytes,
                                       candidates=candidates,
-                                      message=f"{summary}: {size_bytes:,} bytes"))
+                                      message=f"{summary}: {written_bytes:,} bytes"))
 
 
 def _auto(fp32: Path, scratch: Path, task: str, evaluation: Arrays, calibration: Arrays | None,
           auto: AutoTarget, target: Path) -> tuple[list[Candidate], str]:
+    """auto_quantize's winner, copied to `target` with its external data (if any)."""
     from modelpress.components.quantize_auto import auto_quantize
 
-    return auto_quantize(fp32, scratch, task, evaluation, calibration, auto, target)
+    chosen = scratch / "chosen.onnx"
+    judged = auto_quantize(fp32, scratch, task, evaluation, calibration, auto, chosen)
+    copy_onnx(chosen, target)
+    return judged

@@ -17,6 +17,7 @@ import numpy as np
 from modelpress.api import Candidate, QuantizeStep
 from modelpress.components.benchmark import p50_latencies
 from modelpress.components.data import LABELS, Arrays
+from modelpress.components.onnxfiles import size_bytes
 from modelpress.components.onnxstats import run_batched, session
 from modelpress.components.quantize import (
     AutoTarget,
@@ -77,7 +78,7 @@ def measure(task: str, built: dict[str, Path], failed: dict[str, str], evaluatio
     latencies = p50_latencies(built, evaluation, probe) if built else {}
     measured = [Measured(name=name, accuracy_drop=round(_fidelity(task, path, evaluation,
                                                                   reference), 6),
-                         size_bytes=path.stat().st_size, latency_ms=latencies[name])
+                         size_bytes=size_bytes(path), latency_ms=latencies[name])
                 for name, path in built.items()]
     return measured + [Measured(name=name, accuracy_drop=None, error=error)
                        for name, error in failed.items()]

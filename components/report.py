@@ -23,6 +23,7 @@ from modelpress.api import (
     Results,
     StepStatus,
 )
+from modelpress.components.onnxfiles import data_files
 from modelpress.components.result import timed
 from modelpress.gates import gates_set, judge
 from modelpress.lineage import (
@@ -261,9 +262,12 @@ exported to fp32 ONNX (published beside the model as {BASELINE}).</p>
 
 
 def report(name: str, job_name: str, promotion: Promotion, ledger: Ledger,
-           compressed_onnx: Path, baseline_onnx: Path, output: str) -> ReportRecord:
-    """Judge the gates and publish model.onnx, baseline.onnx, report.html, lineage.json and,
-    last, results.json to `output`. `name` is this step's own name (report.html's producer).
+           compressed_onnx: Path, baseline_onnx: Path, output: str,
+           preprocessing: Path | None = None) -> ReportRecord:
+    """Judge the gates and publish model.onnx, baseline.onnx, the model's preprocessing
+    files (the files in `preprocessing`: tokenizer or image processor, config.json with
+    id2label, so the published folder runs as is), report.html, lineage.json and, last,
+    results.json to `output`. `name` is this step's own name (report.html's producer).
 
     results.json goes last: its presence marks a complete, verifiable set of artifacts.
     """
@@ -279,6 +283,10 @@ def report(name: str, job_name: str, promotion: Promotion, ledger: Ledger,
                                                      gates_set(promotion)), encoding="utf-8")
             stored = {MODEL: store.put_file(compressed_onnx, MODEL),
                       BASELINE: store.put_file(baseline_onnx, BASELINE),
+                      **{data.name: store.put_file(data, data.name)
+                         for data in [*data_files(compressed_onnx), *data_files(baseline_onnx)]},
+                      **{path.name: store.put_file(path, path.name)
+                         for path in preprocessing_files(preprocessing)},
                       REPORT: store.put_file(folder / REPORT, REPORT)}
             lineage = _lineage(ledger, stored, name)
             stored[LINEAGE] = store.put_file(write_lineage(lineage, folder / LINEAGE), LINEAGE)
@@ -302,6 +310,17 @@ def report(name: str, job_name: str, promotion: Promotion, ledger: Ledger,
                 f"{_decision_line(verdict, gates_set(promotion))}"))
 
 
+def preprocessing_files(folder: Path | None) -> list[Path]:
+    """The files fetch put in the working model's preprocessing folder (none when absent),
+    by name; a name the report publishes itself is never among them."""
+    if folder is None or not folder.is_dir():
+        return []
+    own = {MODEL, BASELINE, REPORT, LINEAGE, RESULTS}
+    return sorted((path for path in folder.iterdir()
+                   if path.is_file() and not path.is_symlink() and path.name not in own),
+                  key=lambda path: path.name)
+
+
 def _decision_line(verdict: PromotionVerdict, gated: bool) -> str:
     if not gated:
         return "no gates set"
@@ -318,12 +337,15 @@ def _presigned(store: Any, key: str) -> str | None:
 def _lineage(ledger: Ledger, stored: dict[str, StoredObject], report_name: str) -> Lineage:
     fetched = last_of(ledger, FetchRecord)
     changed = [record.name for record in ledger if isinstance(record, MODEL_CHANGING)]
-    producers = {MODEL: (changed or [fetched.name])[-1], BASELINE: fetched.name,
-                 REPORT: report_name}
+    # Everything but the model and the report is as fetch wrote it: the baseline and the
+    # preprocessing files.
+    model_producer = (changed or [fetched.name])[-1]
+    producers = {MODEL: model_producer, f"{MODEL}.data": model_producer, REPORT: report_name}
     return Lineage(
         inputs=fetched.lineage_inputs,
         steps=[LineageStep(name=record.name, seconds=round(record.seconds, 3),
                            message=record.message) for record in ledger],
         artifacts={key: LineageArtifact(uri=obj.uri, sha256=obj.sha256,
-                                        size_bytes=obj.size_bytes, producer=producers[key])
+                                        size_bytes=obj.size_bytes,
+                                        producer=producers.get(key, fetched.name))
                    for key, obj in stored.items()})

@@ -19,6 +19,7 @@ from modelpress.components.benchmark import p50_latencies
 from modelpress.components.data import Arrays
 from modelpress.components.fetch import BASELINE_ONNX
 from modelpress.components.modelio import read_manifest, write_manifest
+from modelpress.components.onnxfiles import copy_onnx
 from modelpress.components.result import timed
 from modelpress.components.selection import Measured, choose
 from modelpress.records import (
@@ -79,7 +80,7 @@ def _original_validated(original: Path, evaluation: Arrays, out: Path,
 
     staged = out.parent / f"{out.name}-original"
     write_manifest(staged, read_manifest(original).with_format("onnx"))
-    shutil.copyfile(original / BASELINE_ONNX, staged / "model.onnx")
+    copy_onnx(original / BASELINE_ONNX, staged / "model.onnx")
     validation = validate(original, staged, evaluation, out)
     shutil.rmtree(staged)
     name = last_of(any_ledger, ValidateRecord).name

@@ -1,4 +1,5 @@
-"""Bring a model or data uri to a local file: file://, s3://, http(s)://."""
+"""Bring a model or data uri to a local file (file://, s3://, http(s)://), or a model folder
+to a local folder (file://, s3://)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import parse_qsl, urljoin, urlparse
 
@@ -57,6 +58,73 @@ def readable_path(uri: str, scratch: Path, where: str) -> Path:
         except (FileNotFoundError, StoreError) as error:
             raise InvalidInput(where, str(error)) from None
     return fetch_to(uri, scratch / f"download{file_suffix(uri)}", where)
+
+
+# A folder under an s3:// prefix: at most this many objects and bytes. A model folder has a
+# handful of files; a data folder (images, `datasets` shards) may have many.
+MAX_MODEL_FOLDER_OBJECTS = 256
+MAX_DATA_FOLDER_OBJECTS = 200_000
+MAX_FOLDER_BYTES = 8 * 1024**3
+
+
+def readable_folder(uri: str, scratch: Path, where: str,
+                    max_objects: int = MAX_MODEL_FOLDER_OBJECTS) -> Path:
+    """A local folder holding what the folder `uri` names: a file:// folder read in place
+    (under the allowed roots, no symlink leading out of it), or every object under an
+    s3:// prefix downloaded into `scratch` (`max_objects` and MAX_FOLDER_BYTES at most;
+    keys that are no plain path inside the prefix are refused)."""
+    scheme = urlparse(uri).scheme
+    try:
+        if scheme == "file":
+            return _local_folder(uri)
+        if scheme == "s3":
+            return _download_prefix(uri, scratch / "folder", where, max_objects)
+    except (FileNotFoundError, StoreError) as error:
+        raise InvalidInput(where, str(error)) from None
+    raise InvalidInput(where, f"{uri}: a folder is read from file:// or s3://, not {scheme}://")
+
+
+def _local_folder(uri: str) -> Path:
+    folder = file_uri_path(uri).resolve()
+    if not within_allowed_roots(folder):
+        raise FileNotFoundError(f"{uri} lies outside the allowed roots")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{uri} is not a folder")
+    for path in folder.rglob("*"):
+        if path.is_symlink() and folder not in path.resolve().parents:
+            raise FileNotFoundError(f"{uri}: {path.relative_to(folder)} is a symlink leading "
+                                    "out of the folder")
+    return folder
+
+
+def folder_member(key: str, prefix: str, uri: str, where: str) -> PurePosixPath:
+    """The path of object `key` inside the folder `prefix` names: plain parts only (no
+    `..`, `.`, empty parts, backslashes or control characters)."""
+    relative = key.removeprefix(prefix)
+    parts = relative.split("/")
+    odd = (not key.startswith(prefix) or "\\" in relative
+           or any(part in ("", ".", "..") for part in parts)
+           or any(ord(char) < 32 for char in relative))
+    if odd:
+        raise InvalidInput(where, f"{uri}: object {key!r} is not a plain path inside the folder")
+    return PurePosixPath(*parts)
+
+
+def _download_prefix(uri: str, destination: Path, where: str, max_objects: int) -> Path:
+    from modelpress.s3store import S3Store
+
+    store = S3Store.from_uri(uri.rstrip("/"))
+    objects = store.list_files(max_objects + 1)
+    if not objects:
+        raise InvalidInput(where, f"{uri} holds no objects")
+    if len(objects) > max_objects:
+        raise InvalidInput(where, f"{uri} holds more than {max_objects} objects")
+    if sum(size for _, size in objects) > MAX_FOLDER_BYTES:
+        raise InvalidInput(where, f"{uri} holds more than {MAX_FOLDER_BYTES} bytes")
+    members = {key: folder_member(key, "", uri, where) for key, _ in objects}
+    for key, member in members.items():
+        store.get_file(key, destination.joinpath(*member.parts))
+    return destination
 
 
 def _fetch_s3(uri: str, destination: Path) -> None:

@@ -142,7 +142,8 @@ class PruneStep(Model):
     method: Literal["magnitude"] = "magnitude"
     structured: bool = Field(
         default=False,
-        description="Remove whole channels / FFN neurons (smaller and faster), not single weights.",
+        description="Remove whole channels, attention heads and FFN neurons (smaller, "
+                    "faster), not single weights; docs/pruning.md says what sparsity removes.",
     )
     sparsity: float = Field(default=0.5, ge=0.0, lt=1.0)
     scope: Literal["global", "layer"] = "global"

@@ -54,11 +54,19 @@ class PruneRecord(StepRecord):
     parameters_before: int
     parameters: int
     nonzero_parameters: int
-    parameter_reduction: float
-    strategy: str | None = Field(default=None, description="Structured: what was removed.")
+    parameter_reduction: float = Field(description=(
+        "What the prune removed: 1 - parameters / parameters before when structured, "
+        "1 - nonzero parameters / parameters before when not."))
+    strategy: str | None = Field(
+        default=None, description="Structured: what was removed (heads+ffn-neurons, channels).")
+    removed_heads: int | None = Field(default=None, description="Attention heads, all iterations.")
+    removed_head_ratio: float | None = Field(default=None, description="Of all heads.")
     removed_neurons: int | None = Field(default=None, description="FFN neurons, all iterations.")
+    removed_neuron_ratio: float | None = Field(default=None, description="Of all FFN neurons.")
     removed_channels: int | None = Field(default=None,
                                          description="Channels and neurons, all iterations.")
+    removed_channel_ratio: float | None = Field(
+        default=None, description="Of all channels and neurons but the output layer's.")
 
 
 class DistillRecord(StepRecord):

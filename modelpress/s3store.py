@@ -12,6 +12,7 @@ raised here ever contains a credential.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import tempfile
@@ -290,6 +291,21 @@ class S3Store:
         return local
 
     # --- beyond the protocol ------------------------------------------------------------
+
+    def list_files(self, limit: int) -> list[tuple[str, int]]:
+        """(key relative to the store's prefix, size) of up to `limit` objects under the
+        prefix; zero-byte keys ending in / are folder markers (S3 consoles write them), not
+        files."""
+        prefix = f"{self.prefix}/" if self.prefix else ""
+
+        def listed() -> list[tuple[str, int]]:
+            items = self._client.list_objects(self.bucket, prefix=prefix, recursive=True)
+            files = ((str(item.object_name), int(item.size or 0)) for item in items
+                     if not (str(item.object_name).endswith("/") and not item.size))
+            return list(itertools.islice(files, limit))
+
+        objects = self._call(self.root_uri, listed)
+        return [(name.removeprefix(prefix), size) for name, size in objects]
 
     def presigned_get(self, key: str, expires_seconds: int = 3600) -> str:
         """A plain http(s) url that fetches `key` without credentials until it expires.

@@ -1,14 +1,17 @@
 """Model code is opt-in: which parts of a job are programs rather than data.
 
-A torch.export program (`.pt2`), TorchScript (`.ts`), and a `python://` architecture or
-distillation student run code when they are loaded or built. They are refused unless model
-code is trusted: `modelpress run|compile --trust-model-code` (the `trust_remote_code` idiom),
-or the operator's MODELPRESS_TRUST_MODEL_CODE. ONNX, safetensors and a state_dict read with
-`weights_only=True` into a builtin architecture are data and need no trust.
+A torch.export program (`.pt2`), TorchScript (`.ts`), a `python://` architecture or
+distillation student, and a Hugging Face folder whose config names custom code (`auto_map`,
+loaded with transformers' `trust_remote_code`) run code when they are loaded or built.
+They are refused unless model code is trusted: `modelpress run|compile --trust-model-code`
+(the `trust_remote_code` idiom), or the operator's MODELPRESS_TRUST_MODEL_CODE. ONNX,
+safetensors and a state_dict read with `weights_only=True` into a builtin architecture are
+data and need no trust.
 
 A spec names a program by a suffix or a scheme, which is what is checked here; TorchScript
 saved under another suffix (`.pt`, `.pth`, `.bin`) is only recognised by reading the file,
-which the fetch step does with the same refusal (`program_refusal`).
+which the fetch step does with the same refusal (`program_refusal`); so is an HF folder's
+`auto_map`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from modelpress.errors import InvalidInput
 
 # Model file suffixes that name a program, and what each is.
 PROGRAM_SUFFIXES = {".pt2": "a torch.export program", ".ts": "TorchScript"}
+HF_REMOTE_CODE = "a Hugging Face folder with custom code"
 PYTHON_SCHEME = "python://"
 HOW_TO_TRUST = ("refused unless model code is trusted: pass --trust-model-code "
                 "(operator: MODELPRESS_TRUST_MODEL_CODE=true)")

@@ -33,9 +33,11 @@ from modelpress.operator.status import (
 )
 from modelpress.store import Store, open_store, sha256_of
 
-# What a promoted model consists of: the model and the evidence that it passed.
+# What a promoted model consists of: every file the run published (the model, its external
+# data and preprocessing files, and the evidence that it passed) but the fp32 baseline, which
+# stays with the job.
 MODEL = "model.onnx"
-PROMOTED_FILES = (MODEL, "results.json", "report.html", "lineage.json")
+BASELINE_FILES = ("baseline.onnx", "baseline.onnx.data")
 KSERVE_GROUP, KSERVE_VERSION, KSERVE_PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 # A job's annotation naming the InferenceService ("name", or "namespace/name" with the
 # job's own namespace) to point at the promoted model.
@@ -134,9 +136,15 @@ def copy_to_target(output: str, target: str, recorded: Mapping[str, str],
     source, destination = opener(output), opener(target)
     with tempfile.TemporaryDirectory(prefix="modelpress-promote-") as scratch:
         staged = {key: verified(source, key, recorded, Path(scratch))
-                  for key in (MODEL, *(k for k in PROMOTED_FILES if k != MODEL and k in recorded))}
+                  for key in promoted_files(recorded)}
         for key, local in staged.items():
             destination.put_file(local, key)
+
+
+def promoted_files(recorded: Mapping[str, str]) -> list[str]:
+    """The files a promotion copies, the model first: every file the run recorded but the
+    baseline."""
+    return [MODEL, *sorted(key for key in recorded if key != MODEL and key not in BASELINE_FILES)]
 
 
 def check_model(output: str, recorded: Mapping[str, str],

@@ -396,6 +396,6 @@ def _judge(job: JobView, status: CompressionStatus, parsed: Checked, config: Con
     assert status.promotion is not None
     status = status.model_copy(update={"promotion": status.promotion.model_copy(update={
         "sha256": {key: digest for key, digest in recorded.items()
-                   if key in promotion.PROMOTED_FILES},
+                   if key in promotion.promoted_files(recorded)},
         "model_sha256": recorded.get(promotion.MODEL)})})
     return status, list(actions)

@@ -36,9 +36,20 @@ def _ledger(compressed_accuracy: float) -> Ledger:
     ]
 
 
+def _onnx(path: Path, label: str) -> None:
+    """A one-node ONNX model that says which it is (its doc string)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    value = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], label, [value],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph, doc_string=label), str(path))
+
+
 def _publish(tmp_path: Path, promotion: Promotion, accuracy: float = 0.93) -> Path:
-    (tmp_path / "model.onnx").write_bytes(b"compressed")
-    (tmp_path / "baseline.onnx").write_bytes(b"fp32 baseline")
+    _onnx(tmp_path / "model.onnx", "compressed")
+    _onnx(tmp_path / "baseline.onnx", "fp32 baseline")
     output = tmp_path / "out"
     record = report("report", "collapsed", promotion, _ledger(accuracy), tmp_path / "model.onnx",
                     tmp_path / "baseline.onnx", str(output))
@@ -79,7 +90,7 @@ def test_no_gates_are_said_to_be_none(tmp_path: Path) -> None:
 
 def test_the_baseline_is_published_with_its_digest(tmp_path: Path) -> None:
     output = _publish(tmp_path, Promotion())
-    assert (output / "baseline.onnx").read_bytes() == b"fp32 baseline"
+    assert (output / "baseline.onnx").read_bytes() == (tmp_path / "baseline.onnx").read_bytes()
     lineage = verify_outputs(LocalStore(output))
     assert set(lineage.artifacts) == {"model.onnx", "baseline.onnx", "report.html"}
     baseline = lineage.artifacts["baseline.onnx"]
@@ -98,3 +109,25 @@ def test_the_baseline_is_published_with_its_digest(tmp_path: Path) -> None:
 def test_published_files_are_readable_by_others(tmp_path: Path, key: str) -> None:
     output = _publish(tmp_path, Promotion())
     assert (output / key).stat().st_mode & 0o777 == 0o644
+
+
+def test_a_model_with_external_data_is_published_with_it(tmp_path: Path) -> None:
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.arange(64, dtype=np.float32).reshape(8, 8), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "large",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], [weight])
+    onnx.save(helper.make_model(graph), str(tmp_path / "model.onnx"), save_as_external_data=True,
+              location="model.onnx.data", size_threshold=0)
+    _onnx(tmp_path / "baseline.onnx", "fp32 baseline")
+    output = tmp_path / "out"
+    record = report("report", "large", Promotion(), _ledger(0.93), tmp_path / "model.onnx",
+                    tmp_path / "baseline.onnx", str(output))
+    assert (output / "model.onnx.data").read_bytes() == (tmp_path / "model.onnx.data").read_bytes()
+    assert record.sha256["model.onnx.data"] == sha256_of(tmp_path / "model.onnx.data")
+    lineage = verify_outputs(LocalStore(output))
+    assert lineage.artifacts["model.onnx.data"].producer == "quantize"

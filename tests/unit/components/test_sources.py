@@ -10,8 +10,9 @@ import pytest
 
 from modelpress.api import CompressionSpec
 from modelpress.components import zoo
-from modelpress.components.data import load_dataset
-from modelpress.components.fetch import check_inputs, fetch, load_datasets
+from modelpress.components.data import ReadOptions, load_dataset
+from modelpress.components.fetch import check_inputs, fetch, load_datasets, read_model
+from modelpress.components.preprocess import Preprocessor
 from modelpress.components.sources import builtin_options, fetch_to, local_file
 from modelpress.errors import InvalidInput, StoreError
 from modelpress.store import file_uri_path, local_folder, open_store, sha256_of
@@ -76,7 +77,7 @@ def test_unknown_builtin_options_are_bad_input(uri: str, problem: str) -> None:
 ])
 def test_builtin_datasets_refuse_what_they_do_not_have(uri: str, problem: str) -> None:
     with pytest.raises(InvalidInput, match=f"^spec.data.train: .*{problem}"):
-        load_dataset(uri, "spec.data.train", "minilm-l6")
+        load_dataset(uri, "spec.data.train", Preprocessor())
 
 
 def test_a_builtin_model_takes_no_options() -> None:
@@ -98,8 +99,15 @@ def test_the_sentence_splits_come_from_the_shipped_file() -> None:
     assert all(line.strip() == line and line for line in pool)
 
 
+def _minilm_spec() -> CompressionSpec:
+    return CompressionSpec.model_validate({
+        "model": {"uri": "builtin://minilm-l6", "task": "embedding"},
+        "data": {"eval": "builtin://sentences"}, "steps": [{"quantize": {}}]})
+
+
 def test_sentences_record_the_shipped_files_digest() -> None:
-    dataset = load_dataset("builtin://sentences?split=eval", "spec.data.eval", "minilm-l6")
+    dataset = load_dataset("builtin://sentences?split=eval", "spec.data.eval",
+                           read_model(_minilm_spec(), Path("."), False).preprocessor)
     assert dataset.source_sha256 == sha256_of(zoo.SENTENCES_FILE)
     assert dataset.arrays["input_ids"].shape[0] == 256
 
@@ -124,9 +132,10 @@ def test_a_uri_named_twice_is_read_once(monkeypatch: pytest.MonkeyPatch) -> None
     calls: list[str] = []
     real = fetch_module.load_one_dataset
 
-    def counted(uri: str, where: str, tokenizer: str | None) -> object:
+    def counted(uri: str, where: str, preprocessor: Preprocessor,
+                options: ReadOptions | None = None) -> object:
         calls.append(uri)
-        return real(uri, where, tokenizer)
+        return real(uri, where, preprocessor, options)
 
     monkeypatch.setattr(fetch_module, "load_one_dataset", counted)
     spec = CompressionSpec.model_validate({
@@ -134,6 +143,6 @@ def test_a_uri_named_twice_is_read_once(monkeypatch: pytest.MonkeyPatch) -> None
         "data": {"eval": "builtin://digits", "calibration": "builtin://digits?split=train",
                  "train": "builtin://digits?split=train"},
         "steps": [{"quantize": {}}]})
-    datasets = load_datasets(spec, None)
+    datasets = load_datasets(spec, Preprocessor())
     assert calls == ["builtin://digits", "builtin://digits?split=train"]
     assert datasets["train"] is datasets["calibration"]

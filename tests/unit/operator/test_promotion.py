@@ -13,7 +13,6 @@ from modelpress.api import Promotion
 from modelpress.errors import StoreError
 from modelpress.gates import condition_error, judge
 from modelpress.operator.promotion import (
-    PROMOTED_FILES,
     copy_to_target,
     patch_inference_service,
 )
@@ -95,7 +94,14 @@ def test_condition_syntax(condition: str, valid: bool) -> None:
         assert problem is not None and problem.startswith("not a valid CEL expression")
 
 
-def _output(tmp_path: Path, files: tuple[str, ...] = PROMOTED_FILES) -> Path:
+# What a run publishes for a Hugging Face model: the model, its preprocessing files, the
+# evidence, and the baseline (which is not promoted).
+PUBLISHED = ("model.onnx", "tokenizer.json", "config.json", "results.json", "report.html",
+             "lineage.json", "baseline.onnx")
+PROMOTED = tuple(name for name in PUBLISHED if name != "baseline.onnx")
+
+
+def _output(tmp_path: Path, files: tuple[str, ...] = PUBLISHED) -> Path:
     folder = tmp_path / "output"
     folder.mkdir()
     for name in files:
@@ -103,12 +109,12 @@ def _output(tmp_path: Path, files: tuple[str, ...] = PROMOTED_FILES) -> Path:
     return folder
 
 
-def test_copy_to_target_copies_model_and_evidence(tmp_path: Path) -> None:
+def test_copy_to_target_copies_every_published_file_but_the_baseline(tmp_path: Path) -> None:
     output = _output(tmp_path)
     target = tmp_path / "production"
     copy_to_target(output.as_uri(), target.as_uri(),
-                   {name: sha256_of(output / name) for name in PROMOTED_FILES})
-    assert sorted(p.name for p in target.iterdir()) == sorted(PROMOTED_FILES)
+                   {name: sha256_of(output / name) for name in PUBLISHED})
+    assert sorted(p.name for p in target.iterdir()) == sorted(PROMOTED)
     assert json.loads((target / "model.onnx").read_text()) == {"file": "model.onnx"}
 
 
