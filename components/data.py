@@ -112,6 +112,11 @@ def _builtin(uri: str, place: Place, preprocessor: Preprocessor,
         labels = LabelReader(preprocessor.label_ids, options.columns.label, place)
         examples = read_texts(local, local.suffix, options.columns, labels, place)
         return _texts_dataset(examples, sha256_of(local), place, preprocessor, options.max_rows)
+    if name == "english-text":
+        from modelpress.components.llm_zoo import ENGLISH_FILE, english_text
+
+        return _texts_dataset(Examples(english_text(split), None), sha256_of(ENGLISH_FILE),
+                              place, preprocessor, options.max_rows)
     examples = Examples(zoo.sentences(split), None)
     return _texts_dataset(examples, sha256_of(zoo.SENTENCES_FILE), place, preprocessor,
                           options.max_rows)

@@ -94,7 +94,12 @@ class Inputs:
 def fetch(spec: CompressionSpec, model_out: Path, data_out: Path, *,
           trust_model_code: bool = False) -> FetchRecord:
     """Write the original working model (plus `baseline.onnx`) and the datasets as .npz,
-    after the same checks as `check_inputs` (so a cluster run refuses what the CLI does)."""
+    after the same checks as `check_inputs` (so a cluster run refuses what the CLI does).
+    text-generation: an fp32 onnxruntime-genai baseline and the texts (llm_fetch)."""
+    if spec.model.task == "text-generation":
+        from modelpress.components.llm_fetch import fetch_llm
+
+        return fetch_llm(spec, model_out, data_out, trusted=trust_model_code)
     with timed() as clock, tempfile.TemporaryDirectory() as scratch:
         inputs = read_inputs(spec, Path(scratch), trust_model_code)
         for name, dataset in inputs.datasets.items():
@@ -114,6 +119,10 @@ def check_inputs(spec: CompressionSpec, *, trust_model_code: bool = False) -> li
     Returns one line per change fetch will make to the data (a cast to the model's input
     type), for the CLI to print. Nothing is exported: a builtin model is not even built.
     """
+    if spec.model.task == "text-generation":
+        from modelpress.components.llm_fetch import check_llm_inputs
+
+        return check_llm_inputs(spec, trust_model_code)
     with tempfile.TemporaryDirectory() as scratch:
         return read_inputs(spec, Path(scratch), trust_model_code).notes
 
@@ -292,6 +301,9 @@ def _builtin_model(spec: CompressionSpec, trusted: bool) -> SourceModel:
         raise InvalidInput(MODEL_FIELD, f"unknown builtin model {name!r}; known: "
                                         f"{', '.join(zoo.BUILTIN_MODELS)}")
     builtin_options(spec.model.uri, MODEL_FIELD, {})
+    if name in zoo.TEXT_GENERATION_MODELS:
+        raise InvalidInput("spec.model.task", f"builtin://{name} is a causal language model: "
+                                              "set task text-generation")
     if name in zoo.HF_FOLDERS:
         return _hf_model(spec, zoo.HF_FOLDERS[name](), trusted)
     manifest = Manifest(format="bundle", task=spec.model.kind, inputs=[],

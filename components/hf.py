@@ -263,6 +263,7 @@ def load_task_module(folder: Path, task: HFTask, trust_remote_code: bool, uri: s
     random ones."""
     import transformers
 
+    transformers.utils.logging.disable_progress_bar()  # a step's log is lines, not bars
     auto = {"text-classification": transformers.AutoModelForSequenceClassification,
             "image-classification": transformers.AutoModelForImageClassification,
             "embedding": transformers.AutoModel}[task.head]
@@ -293,6 +294,9 @@ def load_working(folder: Path) -> HFTaskModule:
 
 def save_working(module: HFTaskModule, folder: Path) -> None:
     """save_pretrained (safetensors) of the inner model, plus the task that wraps it."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
     folder.mkdir(parents=True, exist_ok=True)
     module.model.save_pretrained(str(folder), safe_serialization=True)
     (folder / TASK_FILE).write_text(module.task.model_dump_json(indent=2), encoding="utf-8")

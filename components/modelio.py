@@ -6,7 +6,8 @@ A working model is a folder with `manifest.json` and one model file:
 - `torchscript`: `model.ts`, for user models that carry their own code;
 - `hf`: a Hugging Face folder `hf/` (save_pretrained, safetensors) plus the task that wraps
   it (modelpress.components.hf), rebuildable like a bundle;
-- `onnx`: `model.onnx`, once a step has produced the deployable model.
+- `onnx`: `model.onnx`, once a step has produced the deployable model;
+- `genai`: an onnxruntime-genai folder `genai/` (text-generation, modelpress.components.llm_steps).
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ if TYPE_CHECKING:
 
 # One axis of an input's shape: a fixed size, a symbolic name ("batch"), or unknown (None).
 Dim = int | str | None
-Format = Literal["bundle", "torchscript", "onnx", "hf"]
+Format = Literal["bundle", "torchscript", "onnx", "hf", "genai"]
+# `genai`: an onnxruntime-genai folder, a text-generation model once quantized.
 _FILES: dict[str, str] = {"bundle": "weights.pt", "torchscript": "model.ts", "onnx": "model.onnx",
-                          "hf": "hf"}
+                          "hf": "hf", "genai": "genai"}
 # The original working model's subfolder holding the model's preprocessing files (tokenizer
 # or image processor, config.json for id2label), published beside the compressed model.
 PREPROCESSOR = "preprocessor"
@@ -207,7 +209,8 @@ def onnx_working_model(module: torch.nn.Module, manifest: Manifest,
 # ----------------------------------------------------------------------------- steps vs format
 
 _FORMAT_NAMES = {"onnx": "ONNX", "bundle": "a rebuildable torch model",
-                 "torchscript": "TorchScript", "hf": "a Hugging Face folder"}
+                 "torchscript": "TorchScript", "hf": "a Hugging Face folder",
+                 "genai": "an onnxruntime-genai folder"}
 _HAND_OVER = "a state_dict with spec.model.architecture, or a Hugging Face folder"
 
 

@@ -138,7 +138,11 @@ def run_quantize(name: str, options: str, probe: str, original: Path, chain: Cha
 def _quantize(options: QuantizeStep, probe: LatencyProbe, original: Path,
               chain: Chain) -> StepRecord:
     from modelpress.components.fetch import BASELINE_ONNX
+    from modelpress.components.llm_steps import is_text_generation, quantize_llm
     from modelpress.components.quantize import AutoTarget, QatInputs, quantize
+
+    if is_text_generation(original):
+        return quantize_llm(original, options, probe, chain.datasets, chain.model_out)
 
     train = _dataset(chain.datasets, "train")
     calibration = _dataset(chain.datasets, "calibration")
@@ -157,10 +161,15 @@ def _quantize(options: QuantizeStep, probe: LatencyProbe, original: Path,
 
 
 def run_validate(name: str, original: Path, chain: Chain) -> None:
+    from modelpress.components.llm_steps import is_text_generation, validate_llm
     from modelpress.components.validate import validate
 
-    _recorded(name, _appended(chain.ledger_in, lambda: validate(
-        original, chain.model_in, _eval(chain.datasets), chain.model_out)), chain.ledger_out)
+    def step() -> StepRecord:
+        if is_text_generation(original):
+            return validate_llm(original, chain.model_in, chain.datasets, chain.model_out)
+        return validate(original, chain.model_in, _eval(chain.datasets), chain.model_out)
+
+    _recorded(name, _appended(chain.ledger_in, step), chain.ledger_out)
 
 
 def run_select(name: str, search: str, probe: str, original: Path, datasets: Path,
@@ -176,22 +185,33 @@ def run_benchmark(name: str, pool: str, settings: str, original: Path, datasets:
                   compressed: Path, ledger_in: Path, ledger: Path) -> None:
     from modelpress.components.benchmark import benchmark
     from modelpress.components.fetch import BASELINE_ONNX
+    from modelpress.components.llm_steps import benchmark_llm, is_text_generation
 
-    _recorded(name, _appended(ledger_in, lambda: benchmark(
-        original / BASELINE_ONNX, compressed / "model.onnx", _eval(datasets),
-        Pool.model_validate_json(pool), Benchmark.model_validate_json(settings))), ledger)
+    def step() -> StepRecord:
+        measured_pool = Pool.model_validate_json(pool)
+        options = Benchmark.model_validate_json(settings)
+        if is_text_generation(original):
+            return benchmark_llm(original, compressed, datasets, measured_pool, options)
+        return benchmark(original / BASELINE_ONNX, compressed / "model.onnx", _eval(datasets),
+                         measured_pool, options)
+
+    _recorded(name, _appended(ledger_in, step), ledger)
 
 
 def run_report(name: str, job_name: str, output: str, promotion: str, original: Path,
                compressed: Path, ledger_in: Path, ledger: Path) -> None:
     from modelpress.components.fetch import BASELINE_ONNX
+    from modelpress.components.llm_steps import BASELINE_GENAI, genai_folder, is_text_generation
     from modelpress.components.modelio import PREPROCESSOR
     from modelpress.components.report import report
 
     def work() -> tuple[Ledger, StepRecord]:
         before = read_ledger(ledger_in)
-        return before, report(name, job_name, Promotion.model_validate_json(promotion), before,
-                              compressed / "model.onnx", original / BASELINE_ONNX, output,
-                              original / PREPROCESSOR)
+        gates = Promotion.model_validate_json(promotion)
+        if is_text_generation(original):  # genai folders, tokenizer inside
+            return before, report(name, job_name, gates, before, genai_folder(compressed),
+                                  original / BASELINE_GENAI, output)
+        return before, report(name, job_name, gates, before, compressed / "model.onnx",
+                              original / BASELINE_ONNX, output, original / PREPROCESSOR)
 
     _recorded(name, work, ledger)

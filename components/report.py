@@ -23,6 +23,7 @@ from modelpress.api import (
     Results,
     StepStatus,
 )
+from modelpress.components.llm_report import llm_candidate_table, llm_sections
 from modelpress.components.onnxfiles import data_files
 from modelpress.components.result import timed
 from modelpress.gates import gates_set, judge
@@ -55,6 +56,8 @@ from modelpress.store import StoredObject, open_store
 
 MODEL = "model.onnx"
 BASELINE = "baseline.onnx"
+# text-generation: the fp32 onnxruntime-genai folder every figure is measured against.
+GENAI_BASELINE = "baseline"
 REPORT = "report.html"
 
 
@@ -65,13 +68,25 @@ def _figures(side: MeasuredModel, metric_name: str,
         if pool.available and pool.batches:
             largest = max(pool.batches, key=int)
             latency[pool.pool] = pool.batches[largest][role]
+    tokens = {pool.pool: pool.text_generation.decode_tokens_per_second[role]
+              for pool in benchmarks if pool.available and pool.text_generation}
     return ModelFigures(
         size_bytes=side.size_bytes, parameters=side.parameters,
         nonzero_parameters=side.nonzero_parameters,
         metric=MetricValue(name=metric_name, value=round(side.metrics[metric_name], 6)),
         extra_metrics={name: round(value, 6) for name, value in side.metrics.items()
                        if name != metric_name},
-        latency_ms=latency)
+        latency_ms=latency, tokens_per_second=tokens)
+
+
+def _speedup(pool: PoolBenchmark) -> float | None:
+    """A pool's headline speedup: decode tokens/s ratio (text-generation), else p50 at the
+    largest batch size; None when the pool did not run."""
+    if not pool.available:
+        return None
+    if pool.text_generation is not None:
+        return pool.text_generation.decode_speedup
+    return pool.speedup[max(pool.speedup, key=int)] if pool.speedup else None
 
 
 def build_results(ledger: Ledger) -> Results:
@@ -81,16 +96,19 @@ def build_results(ledger: Ledger) -> Results:
     name = validation.metric_name
     baseline = _figures(validation.baseline, name, benchmarks, "baseline")
     compressed = _figures(validation.compressed, name, benchmarks, "compressed")
-    speedup = {pool.pool: pool.speedup[max(pool.speedup, key=int)]
-               for pool in benchmarks if pool.available and pool.speedup}
+    speedup = {pool.pool: value for pool in benchmarks
+               if (value := _speedup(pool)) is not None}
     candidates = [candidate for record in ledger
                   if isinstance(record, QuantizeRecord | SelectRecord)
                   for candidate in record.candidates]
+    generation = validation.text_generation
     return Results(
         baseline=baseline, compressed=compressed, candidates=candidates,
         compression_ratio=round(baseline.size_bytes / compressed.size_bytes, 4),
         accuracy_drop=round(baseline.metric.value - compressed.metric.value, 6),
-        speedup=speedup, benchmarks=benchmarks)
+        perplexity_increase=None if generation is None else round(
+            generation.compressed_perplexity / generation.baseline_perplexity - 1.0, 6),
+        text_generation=generation, speedup=speedup, benchmarks=benchmarks)
 
 
 def step_statuses(ledger: Ledger) -> list[StepStatus]:
@@ -209,12 +227,17 @@ def _figure_rows(results: Results) -> str:
               f"{value:.4f}") for name, value in results.compressed.extra_metrics.items()])
 
 
+def _number(value: float | None, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
 def _candidate_table(results: Results) -> str:
+    if results.text_generation is not None:
+        return llm_candidate_table(results.candidates)
     candidates = "".join(
         f"<tr><td>{'&#9733; ' if c.chosen else ''}{html.escape(c.name)}</td>"
-        f"<td>{'' if c.accuracy_drop is None else f'{c.accuracy_drop:.4f}'}</td>"
-        f"<td>{c.size_bytes or ''}</td>"
-        f"<td>{'' if c.latency_ms is None else f'{c.latency_ms:.3f}'}</td>"
+        f"<td>{_number(c.accuracy_drop, 4)}</td><td>{c.size_bytes or ''}</td>"
+        f"<td>{_number(c.latency_ms, 3)}</td>"
         f"<td>{html.escape(c.reason)}</td></tr>" for c in results.candidates)
     return ("<h2>Candidates</h2><table><tr><th>candidate</th><th>accuracy drop</th>"
             f"<th>bytes</th><th>p50 ms</th><th>verdict</th></tr>{candidates}</table>"
@@ -253,6 +276,7 @@ exported to fp32 ONNX (published beside the model as {BASELINE}).</p>
 <table><tr><th></th><th>baseline</th><th>compressed</th></tr>{_figure_rows(results)}</table>
 <h2>Benchmarks</h2><table><tr><th>pool</th><th>ran</th><th>speedup (p50)</th></tr>{pools}</table>
 {plots}
+{llm_sections(results)}
 {_candidate_table(results)}
 <h2>Steps</h2><table><tr><th>step</th><th>compute</th><th>result</th></tr>{step_rows}</table>
 </body></html>"""
@@ -268,6 +292,9 @@ def report(name: str, job_name: str, promotion: Promotion, ledger: Ledger,
     files (the files in `preprocessing`: tokenizer or image processor, config.json with
     id2label, so the published folder runs as is), report.html, lineage.json and, last,
     results.json to `output`. `name` is this step's own name (report.html's producer).
+    For text-generation `compressed_onnx` and `baseline_onnx` are onnxruntime-genai folders:
+    the compressed one's files are published at the top (it runs as is with
+    onnxruntime_genai), the baseline's under `baseline/`.
 
     results.json goes last: its presence marks a complete, verifiable set of artifacts.
     """
@@ -281,16 +308,14 @@ def report(name: str, job_name: str, promotion: Promotion, ledger: Ledger,
             steps = step_statuses(ledger)
             (folder / REPORT).write_text(render_html(job_name, results, steps, verdict,
                                                      gates_set(promotion)), encoding="utf-8")
-            stored = {MODEL: store.put_file(compressed_onnx, MODEL),
-                      BASELINE: store.put_file(baseline_onnx, BASELINE),
-                      **{data.name: store.put_file(data, data.name)
-                         for data in [*data_files(compressed_onnx), *data_files(baseline_onnx)]},
+            stored = {**_publish_models(store, compressed_onnx, baseline_onnx),
                       **{path.name: store.put_file(path, path.name)
                          for path in preprocessing_files(preprocessing)},
                       REPORT: store.put_file(folder / REPORT, REPORT)}
-            lineage = _lineage(ledger, stored, name)
+            lineage = _lineage(ledger, stored, name, _model_keys(compressed_onnx))
             stored[LINEAGE] = store.put_file(write_lineage(lineage, folder / LINEAGE), LINEAGE)
-            artifacts = Artifacts(model=stored[MODEL].uri, baseline=stored[BASELINE].uri,
+            baseline_key = BASELINE if baseline_onnx.is_file() else f"{GENAI_BASELINE}/{MODEL}"
+            artifacts = Artifacts(model=stored[MODEL].uri, baseline=stored[baseline_key].uri,
                                   report=stored[REPORT].uri, results=store.uri(RESULTS),
                                   lineage=store.uri(LINEAGE),
                                   report_url=_presigned(store, REPORT))
@@ -308,6 +333,33 @@ def report(name: str, job_name: str, promotion: Promotion, ledger: Ledger,
         sha256={key: stored_object.sha256 for key, stored_object in stored.items()},
         message=f"published to {store.root_uri}; "
                 f"{_decision_line(verdict, gates_set(promotion))}"))
+
+
+def _publish_models(store: Any, compressed: Path, baseline: Path) -> dict[str, StoredObject]:
+    """The compressed model and its baseline: ONNX files with their external data, or
+    (text-generation) the files of two onnxruntime-genai folders."""
+    if compressed.is_dir():
+        return {**{key: store.put_file(path, key) for key, path in _model_files(compressed)},
+                **{f"{GENAI_BASELINE}/{key}": store.put_file(path, f"{GENAI_BASELINE}/{key}")
+                   for key, path in _model_files(baseline)}}
+    return {MODEL: store.put_file(compressed, MODEL),
+            BASELINE: store.put_file(baseline, BASELINE),
+            **{data.name: store.put_file(data, data.name)
+               for data in [*data_files(compressed), *data_files(baseline)]}}
+
+
+def _model_files(folder: Path) -> list[tuple[str, Path]]:
+    """A genai folder's files by name, none of them a name the report publishes itself."""
+    own = {REPORT, LINEAGE, RESULTS}
+    return [(path.name, path) for path in sorted(folder.iterdir())
+            if path.is_file() and not path.is_symlink() and path.name not in own]
+
+
+def _model_keys(compressed: Path) -> set[str]:
+    """The published keys the model-changing step produced."""
+    if compressed.is_dir():
+        return {key for key, _ in _model_files(compressed)}
+    return {MODEL, f"{MODEL}.data"}
 
 
 def preprocessing_files(folder: Path | None) -> list[Path]:
@@ -334,13 +386,14 @@ def _presigned(store: Any, key: str) -> str | None:
     return None if presign is None else str(presign(key))
 
 
-def _lineage(ledger: Ledger, stored: dict[str, StoredObject], report_name: str) -> Lineage:
+def _lineage(ledger: Ledger, stored: dict[str, StoredObject], report_name: str,
+             model_keys: set[str]) -> Lineage:
     fetched = last_of(ledger, FetchRecord)
     changed = [record.name for record in ledger if isinstance(record, MODEL_CHANGING)]
     # Everything but the model and the report is as fetch wrote it: the baseline and the
     # preprocessing files.
     model_producer = (changed or [fetched.name])[-1]
-    producers = {MODEL: model_producer, f"{MODEL}.data": model_producer, REPORT: report_name}
+    producers = {**dict.fromkeys(model_keys, model_producer), REPORT: report_name}
     return Lineage(
         inputs=fetched.lineage_inputs,
         steps=[LineageStep(name=record.name, seconds=round(record.seconds, 3),

@@ -21,12 +21,16 @@ from modelpress.settings import get_settings
 if TYPE_CHECKING:
     import torch
 
-BUILTIN_MODELS = ("digits-cnn", "minilm-l6", "docstring-classifier", "digits-vit")
+BUILTIN_MODELS = ("digits-cnn", "minilm-l6", "docstring-classifier", "digits-vit",
+                  "smollm2-135m")
+# The builtin models of task text-generation (causal LMs; modelpress.components.llm_zoo).
+TEXT_GENERATION_MODELS = ("smollm2-135m",)
 # Each builtin dataset's `split` values; the first is the default.
 DATASET_SPLITS: dict[str, tuple[str, ...]] = {"digits": ("test", "train"),
                                               "sentences": ("eval", "train"),
                                               "docstrings": ("eval", "train"),
-                                              "digits-images": ("test", "train")}
+                                              "digits-images": ("test", "train"),
+                                              "english-text": ("eval", "train")}
 # Plain English sentences (first sentences of standard-library docstrings, once), shipped as
 # a file so the set is the same on every Python version; its sha256 goes into lineage.
 SENTENCES_FILE = Path(__file__).parent / "data" / "sentences.txt"
@@ -326,8 +330,16 @@ def digits_vit_folder() -> Path:
     return _cached_folder(_DIGITS_VIT_DIR, _build_digits_vit)
 
 
+def smollm2_folder() -> Path:
+    """SmolLM2-135M-Instruct as an HF folder in the cache (llm_zoo converts it once)."""
+    from modelpress.components.llm_zoo import smollm2_folder as build
+
+    return build()
+
+
 HF_FOLDERS: dict[str, Callable[[], Path]] = {"docstring-classifier": docstring_classifier_folder,
-                                             "digits-vit": digits_vit_folder}
+                                             "digits-vit": digits_vit_folder,
+                                             "smollm2-135m": smollm2_folder}
 
 
 def _build_docstring_classifier(folder: Path) -> None:

@@ -81,12 +81,17 @@ DEFAULT_STORAGE_SECRET = "modelpress-storage"
 
 # What a model is for. `classification` covers text and image classifiers alike; the
 # specific names say the same for users who think of Hugging Face pipelines.
-Task = Literal["classification", "text-classification", "image-classification", "embedding"]
+Task = Literal["classification", "text-classification", "image-classification", "embedding",
+               "text-generation"]
 CLASSIFICATION_TASKS = ("classification", "text-classification", "image-classification")
+TEXT_GENERATION: Literal["text-generation"] = "text-generation"
+OutputKind = Literal["classification", "embedding", "text-generation"]
 
 
-def output_kind(task: str) -> Literal["classification", "embedding"]:
-    """What the model's output is judged as: class logits, or an embedding."""
+def output_kind(task: str) -> OutputKind:
+    """What the model's output is judged as: class logits, an embedding, or next tokens."""
+    if task == TEXT_GENERATION:
+        return TEXT_GENERATION
     return "classification" if task in CLASSIFICATION_TASKS else "embedding"
 
 
@@ -106,18 +111,22 @@ class ModelSource(Model):
     )
 
     @property
-    def kind(self) -> Literal["classification", "embedding"]:
+    def kind(self) -> OutputKind:
         return output_kind(self.task)
 
 
 # The fields of DataSources that name datasets (the others say how to read them).
-DATASET_FIELDS = ("eval", "calibration", "train")
+DATASET_FIELDS = ("eval", "calibration", "train", "prompts")
 
 
 class DataSources(Model):
     eval: Uri = Field(description="Held-out data the metric is measured on.")
     calibration: Uri | None = Field(default=None, description="For static quantization.")
     train: Uri | None = Field(default=None, description="For fine-tuning and distillation.")
+    prompts: Uri | None = Field(
+        default=None, description="text-generation: prompts for the greedy generation check "
+                                  "(.jsonl with `prompt`, or chat `messages`; .txt one a line); "
+                                  "default: the first words of data.eval's first texts.")
     text_column: str = Field(default="text", min_length=1, max_length=128,
                              description="Tabular and .jsonl data: the column holding text.")
     label_column: str = Field(default="label", min_length=1, max_length=128,
@@ -168,8 +177,25 @@ class DecomposeStep(Model):
                                      description="Kept fraction of the rank; overrides energy.")
 
 
+# text-generation only: the weight-only recipe of an onnxruntime-genai folder (docs/llm.md).
+LLM_QUANTIZE_MODES = ("int4", "int8", "fp32")
+LLM_QUANTIZE_FIELDS = ("algorithm", "block_size", "symmetric", "accuracy_level", "embeddings",
+                       "lm_head", "layer_overrides", "max_perplexity_increase")
+LlmPrecision = Literal["fp32", "int8", "int4"]
+
+
+class LayerPrecision(Model):
+    """text-generation: decoder layers whose weights keep another precision than the body."""
+
+    layers: list[Annotated[int, Field(ge=0, le=4096)]] = Field(min_length=1, max_length=4096)
+    weights: LlmPrecision
+
+
 class QuantizeStep(Model):
-    mode: Literal["dynamic", "static", "fp16", "qat", "auto"] = "dynamic"
+    mode: Literal["dynamic", "static", "fp16", "qat", "auto", "int4", "int8", "fp32"] = Field(
+        default="dynamic",
+        description="dynamic | static | fp16 | qat | auto; text-generation: int4 | int8 "
+                    "(weight-only) | fp32 (reference) | auto.")
     weight_type: Literal["int8", "uint8"] = "int8"
     per_channel: bool = True
     epochs: int = Field(default=2, ge=1, le=1000, description="qat: fine-tuning epochs.")
@@ -177,8 +203,35 @@ class QuantizeStep(Model):
                                  description="qat: fine-tuning learning rate.")
     max_accuracy_drop: float | None = Field(
         default=None, ge=0.0, le=1.0,
-        description="auto: the fidelity bar; default promotion.gates.maxAccuracyDrop, else 0.01.",
+        description="auto: the fidelity bar; default promotion.gates.maxAccuracyDrop, else 0.01 "
+                    "(text-generation: 0.10 on 1 - top-1 agreement).",
     )
+    algorithm: Literal["rtn", "k_quant", "hqq", "gptq"] | None = Field(
+        default=None, description="text-generation int4: rtn (default) | k_quant | hqq | gptq "
+                                  "(gptq needs data.calibration).")
+    block_size: Literal[16, 32, 64, 128, 256] | None = Field(
+        default=None, description="text-generation: weights per quantization block (32).")
+    symmetric: bool | None = Field(default=None,
+                                   description="text-generation: symmetric blocks (true).")
+    accuracy_level: int | None = Field(
+        default=None, ge=0, le=4,
+        description="text-generation: MatMulNBits compute type, 4 = int8 activations (4).")
+    embeddings: LlmPrecision | None = Field(
+        default=None, description="text-generation: the token embedding's precision (fp32).")
+    lm_head: LlmPrecision | None = Field(
+        default=None, description="text-generation: the output projection's precision (fp32).")
+    layer_overrides: list[LayerPrecision] | None = Field(
+        default=None, max_length=64,
+        description="text-generation: per-layer precision, e.g. [{layers: [0, 29], weights: "
+                    "int8}].")
+    max_perplexity_increase: float | None = Field(
+        default=None, ge=0.0, le=100.0,
+        description="text-generation auto: the relative perplexity bar; default "
+                    "promotion.gates.maxPerplexityIncrease, else 0.05.")
+
+    def llm_fields_set(self) -> list[str]:
+        """The text-generation fields this step sets (camelCase, as the user wrote them)."""
+        return [to_camel(name) for name in LLM_QUANTIZE_FIELDS if getattr(self, name) is not None]
 
 
 class Step(Model):
@@ -265,6 +318,9 @@ class Benchmark(Model):
 class Gates(Model):
     min_compression_ratio: float | None = Field(default=None, ge=0.0)
     max_accuracy_drop: float | None = Field(default=None, ge=0.0, le=1.0)
+    max_perplexity_increase: float | None = Field(
+        default=None, ge=0.0, le=100.0,
+        description="text-generation: the most compressed perplexity / baseline perplexity - 1.")
     min_speedup: dict[PoolName, float] = Field(default_factory=dict,
                                               description="Pool name -> least speedup.")
 
@@ -389,6 +445,26 @@ class CompressionSpec(Model):
                 raise ValueError(f"search.values[{position}]: {problem}") from None
         return self
 
+    @model_validator(mode="after")
+    def _steps_fit_the_task(self) -> CompressionSpec:
+        """text-generation takes only its own quantize modes and fields; other tasks never
+        take them (each search candidate's options included, once the search is checked)."""
+        generating = self.model.task == TEXT_GENERATION
+        for index in range(len(self.steps)):
+            for options in self.step_variants(index):
+                problem = _llm_problem(options, generating)
+                if problem:
+                    raise ValueError(f"steps[{index}]: {problem}")
+        if generating and self.search is not None:
+            raise ValueError("search: text-generation searches with quantize mode auto, not "
+                             "spec.search")
+        if not generating and self.data.prompts is not None:
+            raise ValueError("data.prompts: only text-generation reads prompts")
+        if not generating and self.promotion.gates.max_perplexity_increase is not None:
+            raise ValueError("promotion.gates.maxPerplexityIncrease: only text-generation has "
+                             "a perplexity")
+        return self
+
     def searched_option(self) -> tuple[int, str] | None:
         """(position in `steps`, field) of the option a search sets; None without one."""
         if self.search is None:
@@ -407,6 +483,27 @@ class CompressionSpec(Model):
         assert self.search is not None
         return [type(options).model_validate({**options.to_wire(), searched[1]: value})
                 for value in self.search.values]
+
+
+def _llm_problem(options: Model, generating: bool) -> str | None:
+    """Why a step's options do not fit the task (text-generation or not), or None."""
+    if not isinstance(options, QuantizeStep):
+        return (f"{type(options).__name__.removesuffix('Step').lower()} does not apply to "
+                "text-generation; quantize with mode int4, int8, fp32 or auto"
+                if generating else None)
+    llm_mode = options.mode in LLM_QUANTIZE_MODES
+    if generating and not (llm_mode or options.mode == "auto"):
+        return (f"quantize mode {options.mode} does not apply to text-generation; use int4, "
+                "int8 (weight-only), fp32 or auto")
+    if not generating and llm_mode:
+        return f"quantize mode {options.mode} is for text-generation models only"
+    if not generating and options.llm_fields_set():
+        return (f"quantize.{options.llm_fields_set()[0]} is for text-generation models only")
+    recipe = [name for name in options.llm_fields_set() if name != "maxPerplexityIncrease"]
+    if generating and options.mode in ("auto", "fp32") and recipe:
+        return (f"quantize.{recipe[0]}: mode {options.mode} takes no recipe fields (auto "
+                "chooses the recipe; fp32 quantizes nothing); set mode int4 or int8")
+    return None
 
 
 class ObjectMeta(Model):
@@ -441,6 +538,23 @@ class ModelFigures(Model):
     latency_ms: dict[str, Latency] = Field(
         default_factory=dict, description="Per pool at the largest batch size."
     )
+    tokens_per_second: dict[str, float] = Field(
+        default_factory=dict, description="text-generation: decode tokens/s per pool.")
+
+
+class LlmPoolFigures(Model):
+    """text-generation on one pool: both models in onnxruntime-genai, same provider, threads
+    and prompt tokens, measured in alternating rounds (p50 over the rounds)."""
+
+    prefill_ms: dict[str, dict[str, float]] = Field(
+        description="prompt tokens -> {baseline, compressed} p50 prefill latency.")
+    decode_tokens_per_second: dict[str, float] = Field(
+        description="{baseline, compressed}: decode with the KV cache.")
+    peak_rss_bytes: dict[str, int] = Field(
+        description="{baseline, compressed}: peak resident memory of a process running it.")
+    decode_speedup: float
+    prefill_speedup: dict[str, float] = Field(default_factory=dict)
+    rounds: int
 
 
 class PoolBenchmark(Model):
@@ -456,6 +570,7 @@ class PoolBenchmark(Model):
         default_factory=dict, description="batch size -> {baseline, compressed}"
     )
     speedup: dict[str, float] = Field(default_factory=dict, description="batch size -> speedup")
+    text_generation: LlmPoolFigures | None = None
 
 
 class Candidate(Model):
@@ -465,8 +580,31 @@ class Candidate(Model):
     accuracy_drop: float | None = None
     size_bytes: int | None = None
     latency_ms: float | None = Field(default=None, description="p50 at the measured batch.")
+    perplexity_increase: float | None = Field(default=None, description="text-generation.")
+    tokens_per_second: float | None = Field(default=None,
+                                            description="text-generation: decode tokens/s.")
     chosen: bool = False
     reason: str = ""
+
+
+class Generation(Model):
+    """One held-out prompt's greedy continuation by both models, token by token."""
+
+    prompt: str
+    baseline_tokens: list[str] = Field(description="Each new token as text.")
+    compressed_tokens: list[str]
+    first_divergence: int | None = Field(
+        default=None, description="Index of the first new token that differs; none: equal.")
+
+
+class TextGenerationFigures(Model):
+    """text-generation quality on the held-out eval text (accuracyDrop = 1 - top1Agreement)."""
+
+    baseline_perplexity: float
+    compressed_perplexity: float
+    top1_agreement: float
+    scored_tokens: int
+    generations: list[Generation] = Field(default_factory=list)
 
 
 class Results(Model):
@@ -474,6 +612,9 @@ class Results(Model):
     compressed: ModelFigures
     compression_ratio: float
     accuracy_drop: float
+    perplexity_increase: float | None = Field(
+        default=None, description="text-generation: compressed / baseline perplexity - 1.")
+    text_generation: TextGenerationFigures | None = None
     speedup: dict[str, float] = Field(default_factory=dict)
     benchmarks: list[PoolBenchmark] = Field(default_factory=list)
     candidates: list[Candidate] = Field(default_factory=list)

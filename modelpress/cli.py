@@ -25,7 +25,7 @@ from rich.table import Table
 from modelpress.errors import InvalidInput, ModelpressError, one_line
 
 if TYPE_CHECKING:
-    from modelpress.api import CompressionJob
+    from modelpress.api import CompressionJob, Results
     from modelpress.gates import Verdict
     from modelpress.records import ResultsDocument
 
@@ -36,7 +36,8 @@ console = Console(file=sys.stderr)
 JobArgument = Annotated[Path, typer.Argument(help="A CompressionJob YAML file.")]
 TrustOption = Annotated[bool, typer.Option(
     "--trust-model-code", help="Accept model formats that are programs: .pt2, TorchScript, "
-    "python:// architectures and students. They run code when loaded; trust the job's author.")]
+    "python:// architectures and students, Hugging Face folders with custom code. They run "
+    "code when loaded; trust the job's author.")]
 
 
 def _fail(error: ModelpressError) -> None:
@@ -260,6 +261,7 @@ def _print_summary(document: ResultsDocument, wall_seconds: float) -> None:
     for name, latency in comp.latency_ms.items():
         table.add_row(f"p50 latency {escape(name)} (ms)", f"{base.latency_ms[name].p50:.3f}",
                       f"{latency.p50:.3f}")
+    _text_generation_rows(table, results)
     console.print(table)
     compute = document.compute_seconds
     console.print(f"compression ratio {results.compression_ratio:.2f}x, accuracy drop "
@@ -270,6 +272,17 @@ def _print_summary(document: ResultsDocument, wall_seconds: float) -> None:
         if not pool.available:
             console.print(f"pool {pool.pool}: unavailable ({pool.reason})", highlight=False)
     console.print(f"artifacts: {document.artifacts.report}", highlight=False)
+
+
+def _text_generation_rows(table: Table, results: Results) -> None:
+    """A language model's perplexity and decode speed per pool."""
+    quality = results.text_generation
+    if quality is not None:
+        table.add_row("perplexity", f"{quality.baseline_perplexity:.3f}",
+                      f"{quality.compressed_perplexity:.3f}")
+    for name, rate in results.compressed.tokens_per_second.items():
+        table.add_row(f"decode tokens/s {escape(name)}",
+                      f"{results.baseline.tokens_per_second[name]:.1f}", f"{rate:.1f}")
 
 
 def _print_verdict(job: CompressionJob, document: ResultsDocument) -> Verdict:

@@ -53,7 +53,8 @@ def gates_set(promotion: Promotion) -> bool:
     """Whether `promotion` asks anything of the results (a gate or a condition)."""
     gates = promotion.gates
     return (gates.min_compression_ratio is not None or gates.max_accuracy_drop is not None
-            or bool(gates.min_speedup) or bool(promotion.condition))
+            or gates.max_perplexity_increase is not None or bool(gates.min_speedup)
+            or bool(promotion.condition))
 
 
 def judge(results: Results, promotion: Promotion) -> Verdict:
@@ -78,11 +79,24 @@ def _gate_failures(results: Results, gates: Gates) -> list[str]:
     if gates.max_accuracy_drop is not None and drop > gates.max_accuracy_drop:
         failures.append(f"accuracyDrop {drop:g} is above maxAccuracyDrop "
                         f"{gates.max_accuracy_drop:g}")
+    failure = _perplexity_failure(results, gates.max_perplexity_increase)
+    if failure:
+        failures.append(failure)
     for pool, minimum in gates.min_speedup.items():
         failure = _speedup_failure(results, pool, minimum)
         if failure:
             failures.append(failure)
     return failures
+
+
+def _perplexity_failure(results: Results, maximum: float | None) -> str | None:
+    if maximum is None:
+        return None
+    increase = results.perplexity_increase
+    if increase is None:
+        return f"maxPerplexityIncrease {maximum:g}: no perplexity was measured"
+    return None if increase <= maximum else \
+        f"perplexityIncrease {increase:g} is above maxPerplexityIncrease {maximum:g}"
 
 
 def _speedup_failure(results: Results, pool: str, minimum: float) -> str | None:
@@ -144,6 +158,9 @@ def _passes(results: Results, promotion: Promotion) -> list[str]:
                       f"{gates.min_compression_ratio:g}")
     if gates.max_accuracy_drop is not None:
         passes.append(f"accuracyDrop {results.accuracy_drop:g} <= {gates.max_accuracy_drop:g}")
+    if gates.max_perplexity_increase is not None:
+        passes.append(f"perplexityIncrease {results.perplexity_increase:g} <= "
+                      f"{gates.max_perplexity_increase:g}")
     passes += [f"speedup on pool {pool} {results.speedup[pool]:g} >= {minimum:g}"
                for pool, minimum in gates.min_speedup.items()]
     if promotion.condition:

@@ -18,7 +18,14 @@ from typing import Annotated, Literal, TypeVar
 
 from pydantic import Field, TypeAdapter, ValidationError
 
-from modelpress.api import Candidate, Model, PoolBenchmark, Results, StepStatus
+from modelpress.api import (
+    Candidate,
+    Model,
+    PoolBenchmark,
+    Results,
+    StepStatus,
+    TextGenerationFigures,
+)
 from modelpress.errors import StoreError
 from modelpress.lineage import LineageInput, first_problem
 from modelpress.store import open_store
@@ -108,6 +115,8 @@ class ValidateRecord(StepRecord):
     metric_name: str
     baseline: MeasuredModel
     compressed: MeasuredModel
+    text_generation: TextGenerationFigures | None = Field(
+        default=None, description="text-generation: perplexities, agreement, generations.")
 
     @property
     def accuracy_drop(self) -> float:

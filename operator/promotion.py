@@ -38,6 +38,7 @@ from modelpress.store import Store, open_store, sha256_of
 # stays with the job.
 MODEL = "model.onnx"
 BASELINE_FILES = ("baseline.onnx", "baseline.onnx.data")
+BASELINE_FOLDER = "baseline/"  # a language model's fp32 onnxruntime-genai folder
 KSERVE_GROUP, KSERVE_VERSION, KSERVE_PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 # A job's annotation naming the InferenceService ("name", or "namespace/name" with the
 # job's own namespace) to point at the promoted model.
@@ -144,7 +145,8 @@ def copy_to_target(output: str, target: str, recorded: Mapping[str, str],
 def promoted_files(recorded: Mapping[str, str]) -> list[str]:
     """The files a promotion copies, the model first: every file the run recorded but the
     baseline."""
-    return [MODEL, *sorted(key for key in recorded if key != MODEL and key not in BASELINE_FILES)]
+    return [MODEL, *sorted(key for key in recorded if key != MODEL and key not in BASELINE_FILES
+                           and not key.startswith(BASELINE_FOLDER))]
 
 
 def check_model(output: str, recorded: Mapping[str, str],

@@ -15,6 +15,7 @@ from typing import Any
 
 from modelpress.api import (
     CREDENTIALS_REFUSED,
+    TEXT_GENERATION,
     CompressionJob,
     CompressionSpec,
     Model,
@@ -114,17 +115,28 @@ def pipeline_name(job: CompressionJob) -> str:
 
 # The default fidelity bar of auto quantization, when neither the step nor the gates set one.
 DEFAULT_AUTO_BAR = 0.01
+# text-generation's: 1 - top-1 agreement, and the relative perplexity increase (docs/llm.md).
+DEFAULT_LLM_AUTO_BAR = 0.10
+DEFAULT_LLM_PERPLEXITY_BAR = 0.05
 
 
 def resolved_options(spec: CompressionSpec, options: Model) -> Model:
     """`options` with what is decided at build time filled in: auto quantization's bar is
-    the step's own, else promotion.gates.maxAccuracyDrop, else 0.01."""
-    if isinstance(options, QuantizeStep) and options.mode == "auto" \
-            and options.max_accuracy_drop is None:
-        bar = spec.promotion.gates.max_accuracy_drop
-        return options.model_copy(update={"max_accuracy_drop": DEFAULT_AUTO_BAR if bar is None
-                                          else bar})
-    return options
+    the step's own, else promotion.gates.maxAccuracyDrop, else 0.01 (text-generation: 0.10,
+    and maxPerplexityIncrease likewise, else 0.05)."""
+    if not isinstance(options, QuantizeStep) or options.mode != "auto":
+        return options
+    gates = spec.promotion.gates
+    generating = spec.model.task == TEXT_GENERATION
+    update: dict[str, float] = {}
+    if options.max_accuracy_drop is None:
+        default = DEFAULT_LLM_AUTO_BAR if generating else DEFAULT_AUTO_BAR
+        update["max_accuracy_drop"] = default if gates.max_accuracy_drop is None \
+            else gates.max_accuracy_drop
+    if generating and options.max_perplexity_increase is None:
+        update["max_perplexity_increase"] = DEFAULT_LLM_PERPLEXITY_BAR \
+            if gates.max_perplexity_increase is None else gates.max_perplexity_increase
+    return options.model_copy(update=update)
 
 
 def latency_probe(spec: CompressionSpec) -> LatencyProbe:

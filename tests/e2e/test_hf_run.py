@@ -1,4 +1,5 @@
-"""A Hugging Face text classifier folder end to end: `modelpress run` quantizes it, and the
+"""A Hugging Face text classifier folder and `.jsonl` data with named labels end to end:
+`modelpress run` prunes heads and FFN neurons, distills and quantizes (auto), and the
 published folder (model.onnx + tokenizer + config.json) reproduces the reported accuracy
 with onnxruntime and the published tokenizer alone."""
 
@@ -21,9 +22,24 @@ WORDS = ("module", "string", "socket", "thread", "path", "number", "time", "queu
 ROWS = 48  # one batch of validate's 64: the published model is run on the same batches
 
 
-def _texts() -> list[str]:
-    rng = np.random.default_rng(0)
+NAMES = ("negative", "neutral", "positive")
+
+
+def _texts(seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
     return [" ".join(rng.choice(WORDS, size=int(rng.integers(2, 9)))) for _ in range(ROWS)]
+
+
+def _labels(texts: list[str]) -> np.ndarray:
+    """A label the text determines (its first word), so training has something to learn."""
+    return np.array([WORDS.index(text.split()[0]) % 3 for text in texts])
+
+
+def _jsonl(path: Path, texts: list[str]) -> Path:
+    rows = [{"text": text, "label": NAMES[label]} for text, label in zip(
+        texts, _labels(texts), strict=True)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
 
 
 def _tokenized(folder: Path, texts: list[str], names: list[str]) -> dict[str, np.ndarray]:
@@ -40,14 +56,17 @@ def hf_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Complet
                                                               Path, np.ndarray]:
     work = tmp_path_factory.mktemp("hf-run")
     folder = write_text_classifier(work / "classifier")
-    labels = np.random.default_rng(1).integers(0, 3, size=ROWS)
-    tokens = _tokenized(folder, _texts(), ["input_ids", "attention_mask"])
-    np.savez(work / "eval.npz", **tokens, y=labels)
+    labels = _labels(_texts())
+    evaluation = _jsonl(work / "eval.jsonl", _texts())
+    train = _jsonl(work / "train.jsonl", _texts(seed=1) + _texts(seed=2))
     job = {"apiVersion": "modelpress.io/v1alpha1", "kind": "CompressionJob",
            "metadata": {"name": "hf-text", "namespace": "default"},
            "spec": {"model": {"uri": folder.as_uri() + "/", "task": "text-classification"},
-                    "data": {"eval": (work / "eval.npz").as_uri()},
-                    "steps": [{"quantize": {"mode": "dynamic"}}],
+                    "data": {"eval": evaluation.as_uri(), "train": train.as_uri(),
+                             "calibration": train.as_uri()},
+                    "steps": [{"prune": {"structured": True, "sparsity": 0.5}},
+                              {"distill": {"epochs": 2}},
+                              {"quantize": {"mode": "auto", "maxAccuracyDrop": 0.5}}],
                     "benchmark": {"batchSizes": [1], "iterations": 20,
                                   "pools": [{"name": "cpu", "device": "cpu", "threads": 1}]}}}
     (work / "job.yaml").write_text(yaml.safe_dump(job))
@@ -93,3 +112,14 @@ def test_onnxruntime_with_the_published_tokenizer_reproduces_the_reported_accura
     accuracy = float((logits.argmax(-1) == labels).mean())
     assert reported["metric"]["name"] == "accuracy"
     assert accuracy == pytest.approx(reported["metric"]["value"], abs=1e-6)
+
+
+def test_the_prune_removed_heads_and_neurons_and_auto_judged_its_candidates(hf_run) -> None:
+    completed, output, _ = hf_run
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    document = json.loads((output / "results.json").read_text())
+    prune = next(step for step in document["steps"] if step["name"] == "prune")
+    assert "0.5 of the attention heads" in prune["message"]
+    results = document["results"]
+    assert results["compressed"]["parameters"] < results["baseline"]["parameters"]
+    assert len(results["candidates"]) >= 2

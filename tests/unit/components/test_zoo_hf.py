@@ -1,14 +1,13 @@
 """The builtin Hugging Face folders and their data: built offline, loadable, actually trained.
 
 The folders are trained on first use (about 2.5 minutes for the docstring classifier and under
-a minute for the digits ViT on 2 shared cores); this module builds them once, into one
-cache shared by its tests.
+a minute for the digits ViT on 2 shared cores), into the cache every job uses, so the
+end-to-end tests that hand them over as folders build nothing again.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +15,12 @@ import pytest
 
 from modelpress.components import zoo
 from modelpress.errors import InvalidInput
+from modelpress.settings import get_settings
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    folder = tmp_path_factory.mktemp("zoo-hf-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MODELPRESS_CACHE_DIR", str(folder))
-        yield folder
+def cache() -> Path:
+    return get_settings().cache_dir
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

@@ -15,6 +15,7 @@ from modelpress.gates import condition_error, judge
 from modelpress.operator.promotion import (
     copy_to_target,
     patch_inference_service,
+    promoted_files,
 )
 from modelpress.store import sha256_of
 
@@ -99,6 +100,13 @@ def test_condition_syntax(condition: str, valid: bool) -> None:
 PUBLISHED = ("model.onnx", "tokenizer.json", "config.json", "results.json", "report.html",
              "lineage.json", "baseline.onnx")
 PROMOTED = tuple(name for name in PUBLISHED if name != "baseline.onnx")
+
+
+def test_a_language_models_baseline_folder_is_not_promoted() -> None:
+    recorded = dict.fromkeys(["model.onnx.data", "genai_config.json", "model.onnx",
+                              "baseline/model.onnx", "baseline/genai_config.json",
+                              "baseline.onnx"], "0" * 64)
+    assert promoted_files(recorded) == ["model.onnx", "genai_config.json", "model.onnx.data"]
 
 
 def _output(tmp_path: Path, files: tuple[str, ...] = PUBLISHED) -> Path:
