@@ -214,8 +214,9 @@ def print_models(report: Report) -> None:
 
 
 def print_candidates(job: JobSummary) -> None:
-    print(f"\n### The job's auto candidates (calibration text; exit {job.exit_code}, "
-          f"{job.wall_seconds:.0f} s; promotion {job.promotion})")
+    ran = f"{job.wall_seconds:.0f} s" if job.wall_seconds else "an earlier run, reused"
+    print(f"\n### The job's auto candidates (calibration text; exit {job.exit_code}, {ran}; "
+          f"promotion {job.promotion})")
     print("| candidate | chosen | accuracy drop | perplexity + | decode tok/s | bytes | why |")
     print("|---|---|---|---|---|---|---|")
     for c in job.candidates:
