@@ -227,7 +227,8 @@ def _quantize_builder_output(folder: Path, recipe: LlmRecipe, config: dict[str, 
     int4_nodes = [node for node, width in bits.items() if width == "int4"]
     other = [node.name for node in model.graph.node
              if node.op_type in ("MatMul", "Gather") and node.name not in int4_nodes]
-    model = _quantize_int4_body(model, recipe, folder, calibration, exclude=other)
+    model = _quantize_int4_body(model, recipe, folder, calibration, _kv_shape(config),
+                                exclude=other)
     int8_nodes = [node for node, width in bits.items() if width == "int8"]
     if int8_nodes:
         model = _mlas_pass(model, recipe, bits=8, include=int8_nodes, op_types=("MatMul",))
@@ -247,8 +248,16 @@ def _node_bits(recipe: LlmRecipe, layers: int) -> dict[str, Precision]:
     return bits
 
 
+def _kv_shape(config: dict[str, Any]) -> tuple[int, int]:
+    """(key/value heads, head size) of one layer's KV cache, from the model's HF config."""
+    heads = int(config["num_attention_heads"])
+    head_size = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
+    return int(config.get("num_key_value_heads") or heads), head_size
+
+
 def _quantize_int4_body(model: onnx.ModelProto, recipe: LlmRecipe, folder: Path,
-                        calibration: list[str], exclude: list[str]) -> onnx.ModelProto:
+                        calibration: list[str], kv_shape: tuple[int, int],
+                        exclude: list[str]) -> onnx.ModelProto:
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         GPTQWeightOnlyQuantConfig,
         HQQWeightOnlyQuantConfig,
@@ -260,7 +269,7 @@ def _quantize_int4_body(model: onnx.ModelProto, recipe: LlmRecipe, folder: Path,
                                              op_types_to_quantize=("MatMul",))
     else:
         algo = GPTQWeightOnlyQuantConfig(
-            calibration_data_reader=_calibration_reader(model, folder, calibration),
+            calibration_data_reader=_calibration_reader(model, folder, calibration, kv_shape),
             block_size=recipe.block_size, perchannel=False, op_types_to_quantize=("MatMul",))
     quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=recipe.block_size,
                                      is_symmetric=recipe.symmetric,
@@ -283,22 +292,24 @@ def _mlas_pass(model: onnx.ModelProto, recipe: LlmRecipe, *, bits: int, include:
     return quantizer.model.model
 
 
-def _calibration_reader(model: onnx.ModelProto, folder: Path, texts: list[str]) -> Any:
-    """GPTQ's calibration inputs: each text as one prompt with an empty KV cache."""
+def _calibration_reader(model: onnx.ModelProto, folder: Path, texts: list[str],
+                        kv_shape: tuple[int, int]) -> Any:
+    """GPTQ's calibration inputs: each text as one prompt with an empty KV cache of
+    `kv_shape` (heads, head size) per layer."""
     import numpy as np
     from onnxruntime.quantization import CalibrationDataReader
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    past = [(value.name, [dim.dim_value or 1 for dim in value.type.tensor_type.shape.dim])
-            for value in model.graph.input if value.name.startswith("past_key_values")]
+    past = [value.name for value in model.graph.input
+            if value.name.startswith("past_key_values")]
     feeds = []
     for text in texts:
         ids = np.array([tokenizer(text, truncation=True, max_length=256)["input_ids"]],
                        dtype=np.int64)
         feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-        for name, shape in past:
-            feed[name] = np.zeros((1, shape[1], 0, shape[3]), dtype=np.float32)
+        for name in past:
+            feed[name] = np.zeros((1, kv_shape[0], 0, kv_shape[1]), dtype=np.float32)
         feeds.append(feed)
 
     class Reader(CalibrationDataReader):

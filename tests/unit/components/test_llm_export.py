@@ -32,6 +32,7 @@ RECIPES = {
     "k_quant": LlmRecipe(weights="int4", algorithm="k_quant", lm_head="int8"),
     "hqq": LlmRecipe(weights="int4", algorithm="hqq", symmetric=False, block_size=64,
                      lm_head="int8"),
+    "gptq": LlmRecipe(weights="int4", algorithm="gptq", block_size=64, lm_head="int8"),
 }
 
 
@@ -43,7 +44,10 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def built(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("genai")
-    return {name: build_genai_folder(tiny, recipe, root / name) for name, recipe in RECIPES.items()}
+    calibration = english_text("train")[:4]
+    return {name: build_genai_folder(tiny, recipe, root / name,
+                                     calibration if recipe.algorithm == "gptq" else None)
+            for name, recipe in RECIPES.items()}
 
 
 def _greedy(folder: Path, prompt: str) -> tuple[list[int], list[int]]:
