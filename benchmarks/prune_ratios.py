@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from modelpress.components import zoo
-from modelpress.components.prune import prune_record, structure_figures
+from modelpress.components.prune import prune_record, removed_structure, structure_figures
 from modelpress.components.prune_structured import count_units, prune_structured
 from modelpress.records import PruneRecord
 
@@ -95,15 +95,6 @@ def measure(subject: Subject, ratio: float, scope: str) -> tuple[PruneRecord, fl
     return record, 1 - _parameters(module, skip_embeddings=True) / body_before
 
 
-def _removed(record: PruneRecord) -> str:
-    shown = [f"{ratio:g} of {label} ({count:,})" for label, count, ratio in (
-        ("heads", record.removed_heads, record.removed_head_ratio),
-        ("FFN neurons", record.removed_neurons, record.removed_neuron_ratio),
-        ("channels", record.removed_channels, record.removed_channel_ratio))
-        if count is not None and ratio is not None]
-    return ", ".join(shown)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75])
@@ -116,7 +107,7 @@ def main() -> None:
     for subject in SUBJECTS:
         for ratio in arguments.ratios:
             record, body = measure(subject, ratio, arguments.scope)
-            print(f"| {subject.name} | {ratio:g} | {_removed(record)} "
+            print(f"| {subject.name} | {ratio:g} | {', '.join(removed_structure(record))} "
                   f"| {record.parameters_before:,} → {record.parameters:,} "
                   f"| {record.parameter_reduction:.1%} | {body:.1%} |")
 

@@ -121,13 +121,18 @@ def structure_figures(before: Units, after: Units) -> dict[str, Any]:
     return figures
 
 
-def _structure_message(record: PruneRecord) -> str:
-    """The ratio of structure removed and the parameter reduction it produced, in one line."""
-    parts = [f"{ratio:g} of the {label} ({removed:,})" for label, removed, ratio in (
+def removed_structure(record: PruneRecord) -> list[str]:
+    """What a structured prune removed, one part per kind: "0.5 of the attention heads (6)"."""
+    return [f"{ratio:g} of the {label} ({removed:,})" for label, removed, ratio in (
         ("attention heads", record.removed_heads, record.removed_head_ratio),
         ("FFN neurons", record.removed_neurons, record.removed_neuron_ratio),
         ("channels", record.removed_channels, record.removed_channel_ratio))
         if removed is not None and ratio is not None]
+
+
+def _structure_message(record: PruneRecord) -> str:
+    """The ratio of structure removed and the parameter reduction it produced, in one line."""
+    parts = removed_structure(record)
     return (f"structured ({record.strategy}): removing {', '.join(parts) or 'nothing'} "
             f"removed {record.parameter_reduction:.1%} of the parameters "
             f"({record.parameters:,} of {record.parameters_before:,} left)")
