@@ -16,6 +16,7 @@ from typing import Any
 
 from modelpress.api import CompressionSpec, QuantizeStep
 from modelpress.components import zoo
+from modelpress.components.fetch import MODEL_FIELD
 from modelpress.components.hf import check_weights, custom_code, folder_sha256, read_config
 from modelpress.components.llm_export import LlmRecipe, build_genai_folder
 from modelpress.components.llm_steps import (
@@ -42,7 +43,6 @@ from modelpress.records import FetchRecord
 from modelpress.store import sha256_of
 from modelpress.trust import require_trusted
 
-MODEL_FIELD = "spec.model.uri"
 ENGLISH_TEXT = "english-text"
 TOKENIZER_JSON = "tokenizer.json"
 # Prompts of the generation check: at most this many; the default ones are the first words
