@@ -135,20 +135,41 @@ def check_recipe(recipe: LlmRecipe, config: dict[str, Any], calibration: bool,
                                                   "embedding and lm_head are tied")
     if recipe.algorithm == "gptq" and not calibration:
         raise InvalidInput("spec.data.calibration", "gptq needs calibration text")
+    odd = _odd_block_rows(config, recipe.block_size) if recipe.algorithm == "k_quant" else None
+    if odd is not None:
+        blocks = -(-odd // recipe.block_size)
+        raise InvalidInput(f"{where}.blockSize", f"k_quant packs two blocks' zero points to a "
+                           f"byte and fails on rows of {odd} weights ({blocks} blocks of "
+                           f"{recipe.block_size}): choose a block size that gives an even "
+                           "count, or algorithm rtn")
+
+
+def _odd_block_rows(config: dict[str, Any], block_size: int) -> int | None:
+    """A MatMul row width (hidden, intermediate, attention output) of this model that splits
+    into an odd number of `block_size` blocks, or None. onnxruntime's k_quant reshapes its
+    packed zero points per row, which needs an even block count (SmolLM2's 576-wide rows
+    make 9 blocks of 64)."""
+    heads, head_size = int(config.get("num_attention_heads") or 0), config.get("head_dim")
+    widths = [config.get("hidden_size"), config.get("intermediate_size"),
+              heads * int(head_size) if head_size and heads else None]
+    return next((int(width) for width in widths
+                 if width and -(-int(width) // block_size) % 2), None)
 
 
 def auto_recipes(config: dict[str, Any]) -> dict[str, LlmRecipe]:
-    """The recipes auto tries (docs/llm.md): int8; int4 at block 64 and 128, RTN and
-    k-quant, with an int8 lm_head (and embedding, when tied); int4 with an fp32 head; and
-    the builder's direct `-p int4` shape, everything int4. Block 32 is left out: the
-    builtin model's weights went through 32-weight Q4_1 blocks once. HQQ is left out too
+    """The recipes auto tries (docs/llm.md): int8 at block 32 and 64; int4 at block 64 and
+    128, RTN and k-quant (when the model's rows split into an even number of blocks), with
+    an int8 lm_head (and embedding, when tied); int4 with an fp32 head; and the builder's
+    direct `-p int4` shape, everything int4. int4 block 32 is left out: the builtin model's
+    weights went through 32-weight Q4_1 blocks once. HQQ is left out too
     (still a fixed-mode algorithm): on SmolLM2-135M it took 240 s to build and decoded at
     0.23x fp32, because its MatMulNBits carry float zero points and no accuracy_level, so
     it never wins on speed and costs more than every other candidate together."""
     tied = bool(config.get("tie_word_embeddings", False))
     head8: dict[str, Any] = {"lm_head": "int8", "embeddings": "int8" if tied else "fp32"}
-    return {
+    recipes = {
         "int8": LlmRecipe(weights="int8", **head8),
+        "int8-b64": LlmRecipe(weights="int8", block_size=64, **head8),
         "int4-rtn-b64-head-int8": LlmRecipe(weights="int4", block_size=64, **head8),
         "int4-rtn-b128-head-int8": LlmRecipe(weights="int4", block_size=128, **head8),
         "int4-kquant-b64-head-int8": LlmRecipe(weights="int4", algorithm="k_quant",
@@ -157,6 +178,8 @@ def auto_recipes(config: dict[str, Any]) -> dict[str, LlmRecipe]:
         "int4-rtn-b32-all-int4": LlmRecipe(weights="int4", block_size=32, lm_head="int4",
                                            embeddings="int4" if tied else "fp32"),
     }
+    return {name: recipe for name, recipe in recipes.items()
+            if recipe.algorithm != "k_quant" or _odd_block_rows(config, recipe.block_size) is None}
 
 
 # ----------------------------------------------------------------------------- quantize

@@ -96,6 +96,21 @@ def test_a_recipe_the_exporter_cannot_build_is_one_line_naming_the_step() -> Non
         check_recipe(recipe_of(QuantizeStep(mode="int4", algorithm="gptq")), untied, False, "q")
 
 
+def test_k_quant_on_rows_of_an_odd_block_count_is_refused_up_front() -> None:
+    """onnxruntime's k_quant fails on SmolLM2's 576-wide rows at block 64 (9 blocks); the
+    builder's reshape error is replaced by one line, and auto does not try the recipe."""
+    smollm2 = {"num_hidden_layers": 30, "tie_word_embeddings": True, "hidden_size": 576,
+               "intermediate_size": 1536, "num_attention_heads": 9, "head_dim": 64}
+    recipe = recipe_of(QuantizeStep(mode="int4", algorithm="k_quant", block_size=64))
+    with pytest.raises(InvalidInput, match=r"q.blockSize: .* rows of 576 weights \(9 blocks"):
+        check_recipe(recipe, smollm2, True, "q")
+    check_recipe(recipe_of(QuantizeStep(mode="int4", algorithm="k_quant", block_size=16)),
+                 smollm2, True, "q")  # 36 blocks: fits
+    assert not any(r.algorithm == "k_quant" for r in auto_recipes(smollm2).values())
+    even = {**smollm2, "hidden_size": 512, "head_dim": 64, "num_attention_heads": 8}
+    assert any(r.algorithm == "k_quant" for r in auto_recipes(even).values())
+
+
 def test_auto_tries_no_int8_embedding_on_an_untied_model() -> None:
     tied = auto_recipes({"tie_word_embeddings": True})
     untied = auto_recipes({"tie_word_embeddings": False})
