@@ -39,9 +39,8 @@ def _locations(job: CompressionJob, default_output: str) -> Iterator[tuple[str, 
         yield "spec.output (unset: the operator's default)", default_output
     if spec.promotion.target:
         yield "spec.promotion.target", spec.promotion.target
-    inputs = (("spec.model.uri", spec.model.uri), ("spec.data.eval", spec.data.eval),
-              ("spec.data.calibration", spec.data.calibration),
-              ("spec.data.train", spec.data.train))
+    inputs = [("spec.model.uri", spec.model.uri),
+              *((f"spec.data.{name}", uri) for name, uri in spec.data.sources().items())]
     for where, uri in inputs:
         if uri and uri.startswith(_STORED_SCHEMES):
             yield where, uri

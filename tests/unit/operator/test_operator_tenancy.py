@@ -93,6 +93,7 @@ REFUSED = [
     ("data.eval", "s3://modelpress/team-b/eval.npz"),
     ("data.calibration", "file:///data/team-a/../team-b/calibration.npz"),
     ("data.train", "s3://modelpress/team-b/train.npz"),
+    ("data.validation", "s3://modelpress/team-b/validation.npz"),
 ]
 
 
