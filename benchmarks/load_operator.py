@@ -1,6 +1,7 @@
 """Load: many CompressionJobs applied at once to one operator; run by hand, not a test.
 
     python benchmarks/load_operator.py [--jobs 200] [--max-runs 2] [--poll 1.0] [--repeat 1]
+        [--profile FILE]
 
 The Kubernetes API stand-in (tests/e2e/operator/kube_standin.py) runs in this process;
 `modelpress operator --backend local` runs as its own process, its runs executed by a
@@ -12,14 +13,16 @@ then the benchmark waits for every job to reach a terminal phase and reports:
   the first status write that gives it a phase (p50, p95, max);
 - the operator process's resident memory (peak of samples every 0.1 s, and the kernel's
   high-water mark VmHWM), workers not included;
-- reconcile errors: the operator's modelpress_reconcile_errors_total, and handler
-  failures in its log;
+- reconcile errors: the operator's modelpress_reconcile_errors_total, and handler (or
+  ticker sync) failures in its log;
 - the time until every job was terminal, how many ended in each phase, and that each
   job got exactly one run, started once;
 - where the operator's wall time went (the controller and the local backend, timed by
-  wrappers installed in the operator process before it starts).
+  wrappers installed in the operator process before it starts); with `--profile FILE`,
+  a cProfile of every thread of the operator process (pstats format).
 
-Targets (issue 7): p95 ≤ 0.5 s, RSS ≤ 200 MB, 0 errors. Exit status 1 when one is missed.
+Targets (issues 7 and 16): p95 ≤ 0.5 s, RSS ≤ 200 MB, 0 errors, at 1,000 jobs. Exit status
+1 when one is missed.
 """
 
 from __future__ import annotations
@@ -48,7 +51,10 @@ from standin_operator import (  # noqa: E402
     start_standin,
 )
 
+# A kopf handler that failed, or a sync of the operator's ticker that did.
+FAILURE_IN_LOG = r"Handler '[^']+' failed|Sync of \S+ failed"
 TARGET_P95_S = 0.5
+PROFILE_EXIT_S = 600.0
 TARGET_RSS_MB = 200.0
 PLURAL = "compressionjobs"
 # Run inside the operator before it starts: wall time spent in the controller and the
@@ -83,6 +89,38 @@ _timed(_local.LocalBackend, "submit", "LocalBackend.submit")
 _timed(_local.LocalBackend, "poll", "LocalBackend.poll")
 atexit.register(lambda: open(os.environ["MODELPRESS_LOAD_BREAKDOWN"], "w").write(
     json.dumps(_totals)))
+"""
+# With --profile: cProfile in the operator's main thread (kopf's event loop) and in every
+# thread started after it (kopf's pool for sync handlers, the Event poster), merged into
+# one pstats file at $MODELPRESS_LOAD_PROFILE when the operator exits.
+PROFILE = """
+import cProfile, pstats, sys
+_profiles = [cProfile.Profile()]
+
+
+def _profile_thread(*_):
+    profile = cProfile.Profile()
+    _profiles.append(profile)
+    profile.enable()  # replaces this hook for the rest of the thread's life
+
+
+threading.setprofile(_profile_thread)
+_profiles[0].enable()
+
+
+def _dump_profile():
+    for profile in _profiles:
+        profile.disable()
+    merged = pstats.Stats(_profiles[0])
+    for profile in _profiles[1:]:
+        try:
+            merged.add(profile)
+        except TypeError:  # a thread that never called a Python function
+            pass
+    merged.dump_stats(os.environ["MODELPRESS_LOAD_PROFILE"])
+
+
+atexit.register(_dump_profile)
 """
 
 
@@ -188,17 +226,20 @@ def runs_started(workdir: Path) -> dict[str, int]:
     return {"runFolders": len(folders), "runsStartedTwice": sum(1 for n in starts if n > 1)}
 
 
-def run(jobs: int, max_runs: int, poll: float, timeout: float, runner: str) -> dict[str, Any]:
+def run(jobs: int, max_runs: int, poll: float, timeout: float, runner: str,
+        profile: Path | None = None) -> dict[str, Any]:
     api = start_standin()
     timeline = Timeline(api)
     root = Path(tempfile.mkdtemp(prefix="modelpress-load-"))
     breakdown = root / "breakdown.json"
-    operator = OperatorProcess(root, api, runner=runner, prologue=BREAKDOWN, extra_env={
+    profiling = {"MODELPRESS_LOAD_PROFILE": str(profile.resolve())} if profile else {}
+    operator = OperatorProcess(root, api, runner=runner,
+                               prologue=BREAKDOWN + (PROFILE if profile else ""), extra_env={
         "MODELPRESS_MAX_RUNS_IN_FLIGHT": str(max_runs),
         # Every job of the load lies in one namespace: its cap must not be the tighter one.
         "MODELPRESS_MAX_RUNS_PER_NAMESPACE": str(max_runs),
         "MODELPRESS_POLL_INTERVAL_SECONDS": str(poll),
-        "MODELPRESS_LOAD_BREAKDOWN": str(breakdown)})
+        "MODELPRESS_LOAD_BREAKDOWN": str(breakdown), **profiling})
     try:
         operator.start()
         assert operator.process is not None
@@ -219,6 +260,11 @@ def run(jobs: int, max_runs: int, poll: float, timeout: float, runner: str) -> d
         operator_cpu_s = cpu_seconds(operator.process.pid)
         sampler.stopped.set()
     finally:
+        if profile and operator.process is not None:
+            # The profile is written at exit: give kopf's clean shutdown (a task per timer
+            # to cancel, on a busy machine) longer than stop()'s 30 s before a SIGKILL.
+            operator.process.terminate()
+            operator.process.wait(timeout=PROFILE_EXIT_S)
         operator.stop()
         api.stop()
     log = operator.log_path.read_text(errors="replace")
@@ -237,7 +283,7 @@ def run(jobs: int, max_runs: int, poll: float, timeout: float, runner: str) -> d
                           "highWater": round(high_water_kb / 1024, 1)},
         "operatorCpuSeconds": round(operator_cpu_s, 1),
         "reconcileErrorsTotal": reconcile_errors(metrics),
-        "handlerFailuresInLog": len(re.findall(r"Handler '[^']+' failed", log)),
+        "handlerFailuresInLog": len(re.findall(FAILURE_IN_LOG, log)),
         **runs_started(root / "runs"),
         "operatorLog": str(operator.log_path),
         "wallTimeInOperator": breakdown_of(breakdown),
@@ -277,11 +323,15 @@ def main() -> int:
                         help="run it this many times (the machine is noisy); the summary "
                              "lists each run's p95")
     parser.add_argument("--json", type=Path, help="also write the report here")
+    parser.add_argument("--profile", type=Path, metavar="FILE",
+                        help="cProfile the operator process (every thread) into FILE (pstats; "
+                             "read with `python -m pstats FILE`); slows the operator down, so "
+                             "its latencies are not comparable with an unprofiled run")
     arguments = parser.parse_args()
     reports = []
     for _ in range(arguments.repeat):
         report = run(arguments.jobs, arguments.max_runs, arguments.poll, arguments.timeout,
-                     arguments.runner)
+                     arguments.runner, arguments.profile)
         report["targetsMissed"] = verdict(report)
         reports.append(report)
     document = reports[0] if len(reports) == 1 else {

@@ -4,8 +4,8 @@ Logit distillation for classification, embedding regression for embeddings. Weig
 an earlier prune step zeroed stay zero, so distillation never undoes compression.
 
 KD does not always beat plain fine-tuning. When the data has labels, the same student is
-also trained on the labels alone; both are scored on a held-out tenth of the training
-data (never on the eval set) and the better one is kept. Both scores are reported.
+also trained on the labels alone; both are scored on the job's validation split (never on
+the eval set; components.splits) and the better one is kept. Both scores are reported.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import numpy as np
 
 from modelpress.api import DistillStep
 from modelpress.components.data import LABELS, Arrays
@@ -34,18 +32,6 @@ from modelpress.records import DistillRecord
 
 if TYPE_CHECKING:
     import torch
-
-HOLDOUT_FRACTION = 0.1
-
-
-def split_holdout(train: Arrays) -> tuple[Arrays, Arrays]:
-    """A fixed 90/10 split of the training data."""
-    length = len(next(iter(train.values())))
-    order = np.random.default_rng(1).permutation(length)
-    cut = max(1, int(length * HOLDOUT_FRACTION))
-    return ({k: v[order[cut:]] for k, v in train.items()},
-            {k: v[order[:cut]] for k, v in train.items()})
-
 
 def holdout_accuracy(module: torch.nn.Module, holdout: Arrays, inputs: list[str]) -> float:
     import torch
@@ -74,7 +60,9 @@ def student_source(model_in: Path, options: DistillStep
 
 
 def distill(model_in: Path, original: Path, options: DistillStep, train: Arrays,
-            model_out: Path) -> DistillRecord:
+            model_out: Path, validation: Arrays | None = None) -> DistillRecord:
+    """Distill into the student; with labels in `train` and `validation`, keep KD or
+    labels-only training, whichever scores better on `validation`."""
     with timed() as clock:
         manifest, fresh_student = student_source(model_in, options)
         student, teacher = fresh_student(), load_torch(original)
@@ -83,10 +71,12 @@ def distill(model_in: Path, original: Path, options: DistillStep, train: Arrays,
                             learning_rate=options.learning_rate,
                             temperature=options.temperature, alpha=options.alpha)
         student_name = options.student or "the current model"
-        if manifest.task == "classification" and LABELS in train:
+        if manifest.task == "classification" and LABELS in train and validation is not None \
+                and LABELS in validation:
             plain = fresh_student()  # not a deep copy: deep-copied TorchScript won't train
-            student, record = _kd_against_labels_only(student, plain, teacher, train, plan,
-                                                      masks, student_name)
+            student, record = _kd_against_labels_only(student, plain, teacher,
+                                                      (train, validation), plan, masks,
+                                                      student_name)
         else:
             loss = fine_tune(student, teacher, train, plan, masks)
             record = DistillRecord(epochs=options.epochs, student=student_name, kept="kd",
@@ -97,12 +87,11 @@ def distill(model_in: Path, original: Path, options: DistillStep, train: Arrays,
 
 
 def _kd_against_labels_only(student: torch.nn.Module, plain: torch.nn.Module,
-                            teacher: torch.nn.Module, train: Arrays, plan: TrainingPlan,
-                            masks: dict, student_name: str
+                            teacher: torch.nn.Module, data: tuple[Arrays, Arrays],
+                            plan: TrainingPlan, masks: dict, student_name: str
                             ) -> tuple[torch.nn.Module, DistillRecord]:
-    from dataclasses import replace
-
-    fit, holdout = split_holdout(train)
+    """Train both students on `data`'s train half; keep the better on its validation half."""
+    fit, holdout = data
     fine_tune(student, teacher, fit, plan, masks)
     fine_tune(plain, teacher, fit, replace(plan, alpha=0.0), masks)
     kd_score = holdout_accuracy(student, holdout, plan.inputs)
@@ -112,6 +101,6 @@ def _kd_against_labels_only(student: torch.nn.Module, plain: torch.nn.Module,
         epochs=plan.epochs, student=student_name, kept="kd" if kd_wins else "labels-only",
         holdout_accuracy_kd=round(kd_score, 6), holdout_accuracy_labels_only=round(plain_score, 6),
         holdout_rows=len(holdout[LABELS]),
-        message=f"kept {'kd' if kd_wins else 'labels-only'}: holdout accuracy KD "
+        message=f"kept {'kd' if kd_wins else 'labels-only'}: validation accuracy KD "
                 f"{kd_score:.4f} vs labels only {plain_score:.4f}")
     return (student if kd_wins else plain), record

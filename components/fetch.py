@@ -55,6 +55,7 @@ from modelpress.components.sources import (
     readable_folder,
     readable_path,
 )
+from modelpress.components.splits import VALIDATION, Split, rows_of, with_validation
 from modelpress.errors import InvalidInput
 from modelpress.lineage import LineageInput
 from modelpress.records import FetchRecord
@@ -84,11 +85,13 @@ class SourceModel:
 
 @dataclass(frozen=True)
 class Inputs:
-    """The job's inputs, each read once and checked against the model; casts noted."""
+    """The job's inputs, each read once and checked against the model; casts noted; the
+    validation split among the datasets (`splits`) and what it says about decisions."""
 
     datasets: dict[str, Dataset]
     model: SourceModel
     notes: list[str]
+    split: Split
 
 
 def fetch(spec: CompressionSpec, model_out: Path, data_out: Path, *,
@@ -99,6 +102,7 @@ def fetch(spec: CompressionSpec, model_out: Path, data_out: Path, *,
     if spec.model.task == "text-generation":
         from modelpress.components.llm_fetch import fetch_llm
 
+        _refuse_validation_for_text_generation(spec)
         return fetch_llm(spec, model_out, data_out, trusted=trust_model_code)
     with timed() as clock, tempfile.TemporaryDirectory() as scratch:
         inputs = read_inputs(spec, Path(scratch), trust_model_code)
@@ -106,11 +110,25 @@ def fetch(spec: CompressionSpec, model_out: Path, data_out: Path, *,
             save_arrays(dataset.arrays, data_out / f"{name}.npz")
         evaluation = inputs.datasets["eval"].arrays
         manifest = write_model(inputs.model, evaluation, model_out)
+        if VALIDATION in inputs.datasets:
+            from modelpress.components.budget import write_reference
+
+            write_reference(model_out / BASELINE_ONNX, inputs.datasets[VALIDATION].arrays,
+                            data_out)
         lineage = _lineage_inputs(spec, inputs, model_out, data_out)
     return clock.stamp(FetchRecord(
         format=manifest.format, inputs=manifest.inputs,
         eval_rows=len(evaluation[manifest.inputs[0]]), lineage_inputs=lineage,
+        decision_data=inputs.split.decision_data,
         message="; ".join([f"{spec.model.uri} as {manifest.format}", *inputs.notes])))
+
+
+def _refuse_validation_for_text_generation(spec: CompressionSpec) -> None:
+    """text-generation decides on data.calibration (else data.train) text (llm_steps)."""
+    if spec.data.validation is not None:
+        raise InvalidInput("spec.data.validation", "text-generation makes its decisions on "
+                                                   "data.calibration (else data.train); give "
+                                                   "the text there")
 
 
 def check_inputs(spec: CompressionSpec, *, trust_model_code: bool = False) -> list[str]:
@@ -122,6 +140,7 @@ def check_inputs(spec: CompressionSpec, *, trust_model_code: bool = False) -> li
     if spec.model.task == "text-generation":
         from modelpress.components.llm_fetch import check_llm_inputs
 
+        _refuse_validation_for_text_generation(spec)
         return check_llm_inputs(spec, trust_model_code)
     with tempfile.TemporaryDirectory() as scratch:
         return read_inputs(spec, Path(scratch), trust_model_code).notes
@@ -134,10 +153,11 @@ def read_inputs(spec: CompressionSpec, scratch: Path, trusted: bool) -> Inputs:
     require_trusted(spec, trusted)
     model = read_model(spec, scratch, trusted)
     check_step_formats(spec, model.manifest.format)
-    datasets = load_datasets(spec, model.preprocessor)
+    split = with_validation(spec, load_datasets(spec, model.preprocessor))
+    datasets = split.datasets
     signature = model.signature or probe_signature(model.module, datasets["eval"].arrays,
                                                    spec.model.kind)
-    notes: list[str] = []
+    notes = [split.note] if split.note else []
     for name, dataset in datasets.items():
         arrays, cast = conform(dataset.arrays, signature, f"spec.data.{name}", spec.model.kind)
         datasets[name] = replace(dataset, arrays=arrays)
@@ -146,7 +166,7 @@ def read_inputs(spec: CompressionSpec, scratch: Path, trusted: bool) -> Inputs:
         raise InvalidInput("spec.data.eval", "classification needs labels: an array `y`")
     names = [item.name for item in signature.inputs]
     model = replace(model, manifest=replace(model.manifest, inputs=names))
-    return Inputs(datasets, model, notes)
+    return Inputs(datasets, model, notes, split)
 
 
 def load_datasets(spec: CompressionSpec, preprocessor: Preprocessor) -> dict[str, Dataset]:
@@ -248,13 +268,23 @@ def _copy_preprocessing(preprocessor: Preprocessor, folder: Path) -> None:
 def _lineage_inputs(spec: CompressionSpec, inputs: Inputs, model_out: Path,
                     data_out: Path) -> dict[str, LineageInput]:
     """The uri and sha256 of what was read: the user's file, the shipped data file, or
-    (for what modelpress generates itself) the file fetch wrote."""
+    (for what modelpress generates itself, a carved split included) the file fetch wrote;
+    each dataset's rows, and how the validation split was carved (`splits`)."""
     model = inputs.model
     lineage = {"model": LineageInput(uri=spec.model.uri, sha256=model.source_sha256 or sha256_of(
         model_out / model.manifest.file))}
+    split = inputs.split
+    use = split.decision_data
+    carved_from = use.source if use is not None and use.carved else None
     for name, dataset in inputs.datasets.items():
-        lineage[f"data.{name}"] = LineageInput(uri=getattr(spec.data, name), sha256=(
-            dataset.source_sha256 or sha256_of(data_out / f"{name}.npz")))
+        carved = name == VALIDATION and carved_from is not None
+        uri = getattr(spec.data, carved_from.removeprefix("data.") if carved and carved_from
+                      else name)
+        lineage[f"data.{name}"] = LineageInput(
+            uri=uri, sha256=dataset.source_sha256 or sha256_of(data_out / f"{name}.npz"),
+            rows=rows_of(dataset.arrays), carved_from=carved_from if carved else None,
+            seed=use.seed if carved and use is not None else None,
+            held_out_rows=split.held_out_rows if name in split.shrunk else None)
     return lineage
 
 

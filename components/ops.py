@@ -83,17 +83,15 @@ def validate_op(name: str, original: Input[Model], datasets: Input[Artifact],
                                                   Path(ledger.path)))
 
 
-def select_op(name: str, search: str, probe: str, original: Input[Model],
-              datasets: Input[Artifact], models: Input[list[Model]],
-              ledgers: Input[list[Artifact]], compressed: Output[Model],
-              ledger: Output[Artifact]) -> None:
+def select_op(name: str, spec: str, probe: str, auto_bar: float, output: str,
+              original: Input[Model], datasets: Input[Artifact], ledger_in: Input[Artifact],
+              compressed: Output[Model], ledger: Output[Artifact]) -> None:
     from pathlib import Path
 
     from modelpress.components.ops_runtime import run_select
 
-    run_select(name, search, probe, Path(original.path), Path(datasets.path),
-               [Path(m.path) for m in models], [Path(x.path) for x in ledgers],
-               Path(compressed.path), Path(ledger.path))
+    run_select(name, spec, probe, auto_bar, output, Path(original.path), Path(datasets.path),
+               Path(ledger_in.path), Path(compressed.path), Path(ledger.path))
 
 
 def benchmark_op(name: str, pool: str, settings: str, original: Input[Model],

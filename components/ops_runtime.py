@@ -23,12 +23,20 @@ from modelpress.api import (
     Promotion,
     PruneStep,
     QuantizeStep,
-    Search,
 )
 from modelpress.components.data import Arrays, load_arrays
+from modelpress.components.splits import VALIDATION
 from modelpress.errors import InvalidInput, ModelpressError
 from modelpress.events import emit
-from modelpress.records import LatencyProbe, Ledger, StepRecord, read_ledger, write_ledger
+from modelpress.records import (
+    LatencyProbe,
+    Ledger,
+    LossyRecord,
+    QuantizeRecord,
+    StepRecord,
+    read_ledger,
+    write_ledger,
+)
 
 Work = Callable[[], tuple[Ledger, StepRecord]]
 
@@ -83,9 +91,38 @@ def _dataset(datasets: Path, name: str) -> Arrays | None:
 
 
 def _eval(datasets: Path) -> Arrays:
+    """The eval set: read by validate (the reported figures) and benchmark (inputs only)."""
     arrays = _dataset(datasets, "eval")
     assert arrays is not None, "fetch always writes eval.npz"
     return arrays
+
+
+def _decision(datasets: Path) -> Arrays:
+    """What the steps that choose or change the model read: the validation split
+    (components.splits). A job without one decides nothing on data and has no labelled
+    train or calibration set; its steps get the first set fetch wrote of train, calibration
+    and eval, and use it only to trace the model's input shapes."""
+    for name in (VALIDATION, "train", "calibration", "eval"):
+        arrays = _dataset(datasets, name)
+        if arrays is not None:
+            return arrays
+    raise AssertionError("fetch always writes eval.npz")
+
+
+def _spending(chain: Chain, step: Callable[[], LossyRecord]) -> Callable[[], LossyRecord]:
+    """`step`, whose record then says what the job has spent of its accuracy budget so far
+    (components.budget), the measuring counted in the step's own time."""
+    def measured() -> LossyRecord:
+        from modelpress.components.budget import validation_drop
+        from modelpress.components.result import timed
+
+        record = step()
+        with timed() as clock:
+            drop = validation_drop(chain.model_out, chain.datasets)
+        spent = "" if drop is None else f"; drop so far on validation {drop:.4f}"
+        return record.model_copy(update={"validation_drop": drop, "message": record.message
+                                         + spent, "seconds": record.seconds + clock.seconds})
+    return measured
 
 
 def _train(datasets: Path, kind: str) -> Arrays:
@@ -108,56 +145,67 @@ def run_fetch(name: str, spec: str, trust_model_code: bool, original: Path, data
 def run_prune(name: str, options: str, original: Path, chain: Chain) -> None:
     from modelpress.components.prune import prune
 
-    _recorded(name, _appended(chain.ledger_in, lambda: prune(
-        chain.model_in, original, PruneStep.model_validate_json(options), _eval(chain.datasets),
-        _dataset(chain.datasets, "train"), chain.model_out)), chain.ledger_out)
+    _recorded(name, _appended(chain.ledger_in, _spending(chain, lambda: prune(
+        chain.model_in, original, PruneStep.model_validate_json(options),
+        _decision(chain.datasets), _dataset(chain.datasets, "train"), chain.model_out))),
+        chain.ledger_out)
 
 
 def run_distill(name: str, options: str, original: Path, chain: Chain) -> None:
     from modelpress.components.distill import distill
 
-    _recorded(name, _appended(chain.ledger_in, lambda: distill(
+    _recorded(name, _appended(chain.ledger_in, _spending(chain, lambda: distill(
         chain.model_in, original, DistillStep.model_validate_json(options),
-        _train(chain.datasets, "distill"), chain.model_out)), chain.ledger_out)
+        _train(chain.datasets, "distill"), chain.model_out,
+        _dataset(chain.datasets, VALIDATION)))), chain.ledger_out)
 
 
 def run_decompose(name: str, options: str, chain: Chain) -> None:
     from modelpress.components.decompose import decompose
 
-    _recorded(name, _appended(chain.ledger_in, lambda: decompose(
-        chain.model_in, DecomposeStep.model_validate_json(options), _eval(chain.datasets),
-        chain.model_out)), chain.ledger_out)
+    _recorded(name, _appended(chain.ledger_in, _spending(chain, lambda: decompose(
+        chain.model_in, DecomposeStep.model_validate_json(options), _decision(chain.datasets),
+        chain.model_out))), chain.ledger_out)
 
 
 def run_quantize(name: str, options: str, probe: str, original: Path, chain: Chain) -> None:
-    _recorded(name, _appended(chain.ledger_in, lambda: _quantize(
+    _recorded(name, _appended(chain.ledger_in, _spending(chain, lambda: _quantize(
         QuantizeStep.model_validate_json(options), LatencyProbe.model_validate_json(probe),
-        original, chain)), chain.ledger_out)
+        original, chain))), chain.ledger_out)
 
 
 def _quantize(options: QuantizeStep, probe: LatencyProbe, original: Path,
-              chain: Chain) -> StepRecord:
-    from modelpress.components.fetch import BASELINE_ONNX
+              chain: Chain) -> QuantizeRecord:
     from modelpress.components.llm_steps import is_text_generation, quantize_llm
-    from modelpress.components.quantize import AutoTarget, QatInputs, quantize
 
     if is_text_generation(original):
         return quantize_llm(original, options, probe, chain.datasets, chain.model_out)
+    return quantize_on(options, probe, original, chain.model_in, _decision(chain.datasets),
+                       _dataset(chain.datasets, "train"),
+                       _dataset(chain.datasets, "calibration"), chain.model_out)
 
-    train = _dataset(chain.datasets, "train")
-    calibration = _dataset(chain.datasets, "calibration")
+
+def quantize_on(options: QuantizeStep, probe: LatencyProbe, original: Path, model_in: Path,
+                decision: Arrays, train: Arrays | None, calibration: Arrays | None,
+                model_out: Path) -> QuantizeRecord:
+    """The quantize step of a pipeline task or a search trial: auto and qat calibrate on
+    train when there is no calibration set, qat trains on train, and the step's bar (auto's
+    always, a dynamic or static recipe's when given) is judged against the original."""
+    from modelpress.components.fetch import BASELINE_ONNX
+    from modelpress.components.quantize import QatInputs, accuracy_target, quantize
+
     if calibration is None and options.mode in ("auto", "qat"):
         calibration = train
-    qat = QatInputs(original, _train(chain.datasets, "qat")) if options.mode == "qat" else None
-    auto = None
-    if options.mode == "auto":
-        if options.max_accuracy_drop is None:
-            raise InvalidInput("quantize.maxAccuracyDrop", "auto quantization needs its bar "
-                                                           "(the pipeline builder sets it)")
-        auto = AutoTarget(baseline_onnx=original / BASELINE_ONNX,
-                          max_accuracy_drop=options.max_accuracy_drop, probe=probe)
-    return quantize(chain.model_in, options, _eval(chain.datasets), calibration,
-                    chain.model_out, auto, qat)
+    qat = None
+    if options.mode == "qat":
+        if train is None:
+            raise InvalidInput("spec.data.train", "qat trains, so it needs data.train")
+        qat = QatInputs(original, train)
+    if options.mode == "auto" and options.max_accuracy_drop is None:
+        raise InvalidInput("quantize.maxAccuracyDrop", "auto quantization needs its bar "
+                                                       "(the pipeline builder sets it)")
+    return quantize(model_in, options, decision, calibration, model_out,
+                    accuracy_target(options, original / BASELINE_ONNX, probe), qat)
 
 
 def run_validate(name: str, original: Path, chain: Chain) -> None:
@@ -172,13 +220,17 @@ def run_validate(name: str, original: Path, chain: Chain) -> None:
     _recorded(name, _appended(chain.ledger_in, step), chain.ledger_out)
 
 
-def run_select(name: str, search: str, probe: str, original: Path, datasets: Path,
-               models: list[Path], ledgers: list[Path], compressed: Path, ledger: Path) -> None:
-    from modelpress.components.search import select
+def run_select(name: str, spec: str, probe: str, auto_bar: float, output: str, original: Path,
+               datasets: Path, ledger_in: Path, compressed: Path, ledger: Path) -> None:
+    """The search's trials, judged on `decision`; the kept model validated on eval."""
+    from modelpress.components.search import SearchRun, TrialInputs, search
 
-    _recorded(name, lambda: select(
-        Search.model_validate_json(search), LatencyProbe.model_validate_json(probe), original,
-        _eval(datasets), models, [read_ledger(path) for path in ledgers], compressed), ledger)
+    run = SearchRun(CompressionSpec.model_validate_json(spec),
+                    LatencyProbe.model_validate_json(probe), auto_bar, output)
+    _recorded(name, lambda: search(
+        run, TrialInputs(original, decision=_decision(datasets), train=_dataset(datasets, "train"),
+                         calibration=_dataset(datasets, "calibration")),
+        _eval(datasets), read_ledger(ledger_in), compressed), ledger)
 
 
 def run_benchmark(name: str, pool: str, settings: str, original: Path, datasets: Path,

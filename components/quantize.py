@@ -1,14 +1,19 @@
-"""Quantize: export to ONNX, then onnxruntime's quantizer (dynamic int8, static QDQ) or fp16."""
+"""Quantize: export to ONNX, then onnxruntime's quantizer (dynamic int8, static QDQ) or fp16.
+
+With a bar (`auto`, or `dynamic`/`static` given `maxAccuracyDrop`) the step measures what it
+builds against the original and may keep the most harmful nodes in fp32
+(components.quantize_auto, components.sensitivity, docs/quantization.md).
+"""
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelpress.api import Candidate, QuantizeStep
+from modelpress.api import Candidate, QuantizeStep, SensitivityEntry
 from modelpress.components.data import Arrays
 from modelpress.components.modelio import (
     Manifest,
@@ -46,29 +51,37 @@ def _fp32_onnx(model_in: Path, sample: Arrays, scratch: Path,
     return prepared
 
 
-def quantize_dynamic_int8(fp32: Path, out: Path, options: QuantizeStep, _: Arrays) -> None:
+# Every builder: (fp32 in, file out, options, calibration rows, nodes kept in fp32).
+Builder = Callable[[Path, Path, QuantizeStep, Arrays, Sequence[str]], None]
+
+
+def quantize_dynamic_int8(fp32: Path, out: Path, options: QuantizeStep, _: Arrays,
+                          keep_fp32: Sequence[str] = ()) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(fp32), str(out), per_channel=options.per_channel,
                      weight_type=_weight_type(options, QuantType),
-                     use_external_data_format=is_large(fp32))
+                     nodes_to_exclude=list(keep_fp32), use_external_data_format=is_large(fp32))
 
 
-def quantize_static_qdq(fp32: Path, out: Path, options: QuantizeStep, calibration: Arrays) -> None:
+def quantize_static_qdq(fp32: Path, out: Path, options: QuantizeStep, calibration: Arrays,
+                        keep_fp32: Sequence[str] = ()) -> None:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     quantize_static(str(fp32), str(out), _CalibrationReader(calibration),
                     quant_format=QuantFormat.QDQ, per_channel=options.per_channel,
                     activation_type=QuantType.QUInt8,
                     weight_type=_weight_type(options, QuantType),
-                    use_external_data_format=is_large(fp32))
+                    nodes_to_exclude=list(keep_fp32), use_external_data_format=is_large(fp32))
 
 
-def convert_fp16(fp32: Path, out: Path, options: QuantizeStep, _: Arrays) -> None:
+def convert_fp16(fp32: Path, out: Path, options: QuantizeStep, _: Arrays,
+                 keep_fp32: Sequence[str] = ()) -> None:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
+    model = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True,
+                                     node_block_list=list(keep_fp32) or None)
     save(model, out, external=is_large(fp32))
 
 
@@ -89,12 +102,41 @@ class _CalibrationReader:
         return next(self._batches, None)
 
 
-_MODES: dict[str, Callable[[Path, Path, QuantizeStep, Arrays], None]] = {
+_MODES: dict[str, Builder] = {
     "dynamic": quantize_dynamic_int8,
     "static": quantize_static_qdq,
     "fp16": convert_fp16,
     "qat": quantize_static_qdq,  # after fake-quant training: weights already on the grid
 }
+# The recipes a bar may keep nodes of in fp32 (mixed precision).
+MIXED_MODES = ("dynamic", "static")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One way to quantize a model: a builder, its options and the rows it calibrates on."""
+
+    name: str
+    builder: Builder
+    options: QuantizeStep
+    calibration: Arrays
+
+    def build(self, fp32: Path, out: Path, keep_fp32: Sequence[str] = ()) -> None:
+        """`fp32` quantized to `out`, the nodes named in `keep_fp32` left in fp32."""
+        self.builder(fp32, out, self.options, self.calibration, keep_fp32)
+
+    @property
+    def integer(self) -> bool:
+        """An int8 recipe (whose nodes mixed precision may keep in fp32); fp16 is not."""
+        return self.options.mode in MIXED_MODES
+
+
+def recipe_of(options: QuantizeStep, calibration: Arrays) -> Recipe:
+    """A dynamic or static step's own recipe, named like auto's (dynamic-int8-per-channel)."""
+    kind = "static-qdq" if options.mode == "static" else "dynamic"
+    layout = "per-channel" if options.per_channel else "per-tensor"
+    return Recipe(f"{kind}-{options.weight_type}-{layout}", _MODES[options.mode], options,
+                  calibration)
 
 
 @dataclass(frozen=True)
@@ -121,51 +163,77 @@ def quantization_aware_module(model_in: Path, options: QuantizeStep, qat: QatInp
 
 @dataclass(frozen=True)
 class AutoTarget:
-    """What auto quantization measures candidates against: the fp32 baseline's outputs, the
-    fidelity bar, and how recipes are timed."""
+    """What a bar measures candidates against: the original model's fp32 ONNX baseline
+    (so the bar is the whole job's budget, whatever earlier steps spent of it), the bar, and
+    how candidates are timed."""
 
     baseline_onnx: Path
     max_accuracy_drop: float
     probe: LatencyProbe
 
 
-def quantize(model_in: Path, options: QuantizeStep, sample: Arrays,
+def accuracy_target(options: QuantizeStep, baseline_onnx: Path,
+                    probe: LatencyProbe) -> AutoTarget | None:
+    """The bar the step's candidates are judged by: auto's always (the pipeline builder
+    sets it), a dynamic or static recipe's when the step gives `maxAccuracyDrop`; else None."""
+    bar = options.max_accuracy_drop
+    if bar is None or (options.mode != "auto" and options.mode not in MIXED_MODES):
+        return None
+    return AutoTarget(baseline_onnx=baseline_onnx, max_accuracy_drop=bar, probe=probe)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a quantize step with a bar decided: every candidate, the ranking it searched
+    with (if any), and a one-line summary."""
+
+    candidates: list[Candidate]
+    sensitivity: list[SensitivityEntry]
+    summary: str
+
+
+def quantize(model_in: Path, options: QuantizeStep, decision: Arrays,
              calibration: Arrays | None, model_out: Path,
              auto: AutoTarget | None = None, qat: QatInputs | None = None) -> QuantizeRecord:
-    """Write the quantized ONNX working model to `model_out`."""
+    """Write the quantized ONNX working model to `model_out`. `decision`: the rows every
+    choice is made on (and the export traced with); `auto`: the bar, for mode auto and for
+    a dynamic or static recipe that gives one."""
     with timed() as clock:
         manifest: Manifest = read_manifest(model_in).with_format("onnx")
         model_out.mkdir(parents=True, exist_ok=True)
         target = model_out / manifest.file
-        candidates: list[Candidate] = []
         with tempfile.TemporaryDirectory() as scratch:
             trained = None
             if options.mode == "qat":
                 assert qat is not None, "the spec guarantees data.train for qat"
                 trained = quantization_aware_module(model_in, options, qat)
-            fp32 = _fp32_onnx(model_in, sample, Path(scratch), trained)
-            if options.mode == "auto":
-                assert auto is not None, "auto quantization needs a target to measure against"
-                candidates, summary = _auto(fp32, Path(scratch), manifest.task, sample,
-                                            calibration, auto, target)
-            else:
-                _MODES[options.mode](fp32, target, options,
-                                     calibration if calibration is not None else sample)
-                summary = f"{options.mode} ({options.weight_type}" \
-                          f"{', per-channel' if options.per_channel else ''})"
+            fp32 = _fp32_onnx(model_in, decision, Path(scratch), trained)
+            outcome = _build(fp32, Path(scratch), manifest.task, options, decision, calibration,
+                             auto, target)
         write_manifest(model_out, manifest)
         written_bytes = size_bytes(target)
     return clock.stamp(QuantizeRecord(mode=options.mode, size_bytes=written_bytes,
-                                      candidates=candidates,
-                                      message=f"{summary}: {written_bytes:,} bytes"))
+                                      candidates=outcome.candidates,
+                                      sensitivity=outcome.sensitivity,
+                                      message=f"{outcome.summary}: {written_bytes:,} bytes"))
 
 
-def _auto(fp32: Path, scratch: Path, task: str, evaluation: Arrays, calibration: Arrays | None,
-          auto: AutoTarget, target: Path) -> tuple[list[Candidate], str]:
-    """auto_quantize's winner, copied to `target` with its external data (if any)."""
-    from modelpress.components.quantize_auto import auto_quantize
+def _build(fp32: Path, scratch: Path, task: str, options: QuantizeStep, decision: Arrays,
+           calibration: Arrays | None, auto: AutoTarget | None, target: Path) -> Outcome:
+    """The step's model written to `target`: its recipe as is, or judged against a bar."""
+    assert auto is not None or options.mode != "auto", "auto quantization needs its bar"
+    rows = calibration if calibration is not None else decision
+    if auto is None or options.mode not in ("auto", *MIXED_MODES):
+        _MODES[options.mode](fp32, target, options, rows, ())
+        return Outcome([], [], f"{options.mode} ({options.weight_type}"
+                               f"{', per-channel' if options.per_channel else ''})")
+    from modelpress.components.quantize_auto import auto_quantize, quantize_within_bar
 
     chosen = scratch / "chosen.onnx"
-    judged = auto_quantize(fp32, scratch, task, evaluation, calibration, auto, chosen)
-    copy_onnx(chosen, target)
-    return judged
+    if options.mode == "auto":
+        outcome = auto_quantize(fp32, scratch, task, decision, calibration, auto, chosen)
+    else:
+        outcome = quantize_within_bar(fp32, scratch, task, decision,
+                                      recipe_of(options, rows), auto, chosen)
+    copy_onnx(chosen, target)  # with its external data, if any
+    return outcome

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from modelpress.api import (
+    Candidate,
     Latency,
     MetricValue,
     ModelFigures,
@@ -23,6 +24,7 @@ from modelpress.api import (
     Results,
     StepStatus,
 )
+from modelpress.components.budget import honest_figures, honesty_line
 from modelpress.components.llm_report import llm_candidate_table, llm_sections
 from modelpress.components.onnxfiles import data_files
 from modelpress.components.result import timed
@@ -108,7 +110,10 @@ def build_results(ledger: Ledger) -> Results:
         accuracy_drop=round(baseline.metric.value - compressed.metric.value, 6),
         perplexity_increase=None if generation is None else round(
             generation.compressed_perplexity / generation.baseline_perplexity - 1.0, 6),
-        text_generation=generation, speedup=speedup, benchmarks=benchmarks)
+        text_generation=generation, speedup=speedup, benchmarks=benchmarks,
+        sensitivity=[entry for record in records_of(ledger, QuantizeRecord)
+                     for entry in record.sensitivity],
+        **honest_figures(ledger))
 
 
 def step_statuses(ledger: Ledger) -> list[StepStatus]:
@@ -175,30 +180,108 @@ def _size_plot(results: Results) -> str:
     return encoded
 
 
-def _pareto_plot(results: Results) -> str | None:
-    """Accuracy drop against size for every candidate; the chosen one is starred."""
-    measured = [c for c in results.candidates
-                if c.accuracy_drop is not None and c.size_bytes is not None]
-    if len(measured) < 2:
-        return None
+def pareto_front(candidates: list[Candidate]) -> list[Candidate]:
+    """The candidates no other one beats on size, latency and accuracy drop at once (at
+    least as good on all three, better on one); those missing a figure are left out."""
+    measured = [c for c in candidates if c.accuracy_drop is not None
+                and c.size_bytes is not None and c.latency_ms is not None]
+
+    def figures(c: Candidate) -> tuple[float, float, float]:
+        return float(c.size_bytes or 0), float(c.latency_ms or 0.0), float(c.accuracy_drop or 0.0)
+
+    def dominated(c: Candidate) -> bool:
+        return any(all(a <= b for a, b in zip(figures(o), figures(c), strict=True))
+                   and figures(o) != figures(c) for o in measured)
+
+    return [c for c in measured if not dominated(c)]
+
+
+def _front_plot(candidates: list[Candidate], front: list[Candidate]) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(5.5, 3.6))
-    for candidate in measured:
-        point = ((candidate.size_bytes or 0) / 1e6, candidate.accuracy_drop or 0.0)
-        axis.scatter(*point, marker="*" if candidate.chosen else "o",
-                     s=160 if candidate.chosen else 40,
-                     color="#2a7" if candidate.chosen else "#888")
-        axis.annotate(candidate.name.rsplit("=", 1)[-1], point, fontsize=8)
-    axis.set_xlabel("size (MB)")
-    axis.set_ylabel("accuracy drop")
-    axis.set_title("candidates")
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for axis, label, of in ((axes[0], "size (MB)", lambda c: (c.size_bytes or 0) / 1e6),
+                            (axes[1], "p50 latency (ms)", lambda c: c.latency_ms or 0.0)):
+        for group, style in ((candidates, {"color": "#bbb", "s": 30}),
+                             (front, {"color": "#c60", "s": 60, "label": "Pareto front"})):
+            axis.scatter([of(c) for c in group], [c.accuracy_drop or 0.0 for c in group],
+                         **style)  # type: ignore[arg-type]
+        chosen = [c for c in candidates if c.chosen]
+        axis.scatter([of(c) for c in chosen], [c.accuracy_drop or 0.0 for c in chosen],
+                     marker="*", s=200, color="#2a7", label="kept")
+        axis.set_xlabel(label)
+        axis.set_ylabel("accuracy drop (decision data)")
+        axis.legend(fontsize=8)
     encoded = _png(figure)
     plt.close(figure)
     return encoded
+
+
+def pareto_section(results: Results) -> str:
+    """The Pareto front (size x latency x accuracy drop) of the candidates, as a plot and a
+    table. Candidates are timed on the machine that judged them, at the largest batch with
+    the first CPU pool's threads, so this is that pool's front; the other pools measure only
+    the kept model (Benchmarks above)."""
+    front = pareto_front(results.candidates)
+    if len(front) < 1 or len(results.candidates) < 2:
+        return ""
+    rows = "".join(f"<tr><td>{'&#9733; ' if c.chosen else ''}{html.escape(c.name)}</td>"
+                   f"<td>{c.size_bytes:,}</td><td>{_number(c.latency_ms, 3)}</td>"
+                   f"<td>{_number(c.accuracy_drop, 4)}</td></tr>" for c in front)
+    plot = _front_plot(results.candidates, front)
+    return ("<h2>Pareto front of the candidates</h2><p>Timed at the largest batch size "
+            "with the first CPU pool's threads, on the machine that ran them; accuracy drop "
+            "on the decision data. No other candidate is at least as small, as fast and as "
+            "accurate as one on the front.</p>"
+            f'<img alt="pareto front" src="data:image/png;base64,{plot}">'
+            "<table><tr><th>candidate</th><th>bytes</th><th>p50 ms</th><th>accuracy drop</th>"
+            f"</tr>{rows}</table>")
+
+
+# The sensitivity plot's bars: the most harmful nodes (all of them in the table).
+SENSITIVITY_BARS = 24
+
+
+def _sensitivity_plot(results: Results, kept: set[str]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = results.sensitivity[:SENSITIVITY_BARS][::-1]  # most harmful on top
+    figure, axis = plt.subplots(figsize=(8, 0.9 + 0.28 * len(shown)))
+    axis.barh([entry.node[-48:] for entry in shown], [entry.accuracy_drop for entry in shown],
+              color=["#c60" if set(entry.nodes) <= kept else "#888" for entry in shown])
+    axis.set_xlabel("accuracy drop with only this node quantized")
+    axis.set_title(f"sensitivity of {results.sensitivity[0].recipe} (orange: kept in fp32)")
+    axis.tick_params(axis="y", labelsize=7)
+    encoded = _png(figure)
+    plt.close(figure)
+    return encoded
+
+
+def sensitivity_section(results: Results) -> str:
+    """The quantization recipe's per-node cost, most harmful first, as a bar plot and a
+    table; the nodes the kept model has in fp32 are marked."""
+    if not results.sensitivity:
+        return ""
+    kept = {node for c in results.candidates if c.chosen for node in c.fp32_nodes}
+    rows = "".join(f"<tr><td>{entry.rank}</td><td>{html.escape(entry.node)}</td>"
+                   f"<td>{entry.op_type}</td><td>{entry.accuracy_drop:.5f}</td>"
+                   f"<td>{entry.output_error:.5f}</td>"
+                   f"<td>{'yes' if set(entry.nodes) <= kept else ''}</td></tr>"
+                   for entry in results.sensitivity)
+    listed = ", ".join(sorted(kept)) or "none"
+    return ("<h2>Sensitivity</h2><p>What quantizing each node costs: the recipe's accuracy "
+            "drop with only that node quantized, on sampled decision rows "
+            "(docs/quantization.md). Kept in fp32 by the chosen model: "
+            f"{html.escape(listed)}.</p><img alt=\"sensitivity\" "
+            f'src="data:image/png;base64,{_sensitivity_plot(results, kept)}">'
+            "<table><tr><th>rank</th><th>node</th><th>op</th><th>accuracy drop</th>"
+            f"<th>output error</th><th>kept in fp32</th></tr>{rows}</table>")
 
 
 def _banner(verdict: PromotionVerdict, gated: bool) -> str:
@@ -262,8 +345,7 @@ def render_html(job_name: str, results: Results, steps: list[StepStatus],
         f"<td>{html.escape(s.message or '')}</td></tr>" for s in steps)
     plots = "".join(f'<img alt="{alt}" src="data:image/png;base64,{data}">'
                     for alt, data in (("latency", _latency_plot(results)),
-                                      ("size", _size_plot(results)),
-                                      ("candidates", _pareto_plot(results))) if data)
+                                      ("size", _size_plot(results))) if data)
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <title>modelpress report: {html.escape(job_name)}</title>
 <style>{_STYLE}</style></head><body>
@@ -273,11 +355,14 @@ def render_html(job_name: str, results: Results, steps: list[StepStatus],
 <b>{results.accuracy_drop:.4f}</b>, speedup {html.escape(json.dumps(results.speedup))}.
 Speedup compares the same runtime, threads and batch size against the original model
 exported to fp32 ONNX (published beside the model as {BASELINE}).</p>
+<p>{html.escape(honesty_line(results))}</p>
 <table><tr><th></th><th>baseline</th><th>compressed</th></tr>{_figure_rows(results)}</table>
 <h2>Benchmarks</h2><table><tr><th>pool</th><th>ran</th><th>speedup (p50)</th></tr>{pools}</table>
 {plots}
 {llm_sections(results)}
 {_candidate_table(results)}
+{sensitivity_section(results)}
+{pareto_section(results)}
 <h2>Steps</h2><table><tr><th>step</th><th>compute</th><th>result</th></tr>{step_rows}</table>
 </body></html>"""
 

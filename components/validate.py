@@ -15,6 +15,7 @@ import numpy as np
 from modelpress.components.data import LABELS, Arrays
 from modelpress.components.fetch import BASELINE_ONNX
 from modelpress.components.modelio import load_torch, onnx_working_model, read_manifest
+from modelpress.components.noise import drop_intervals
 from modelpress.components.onnxstats import onnx_figures, run_batched, session
 from modelpress.components.result import timed
 from modelpress.records import MeasuredModel, ValidateRecord
@@ -39,6 +40,23 @@ def pairwise_spearman(outputs: np.ndarray, reference: np.ndarray) -> float:
 def _similarities(embeddings: np.ndarray) -> np.ndarray:
     unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=-1, keepdims=True), 1e-12)
     return unit @ unit.T
+
+
+def row_scores(task: str, outputs: np.ndarray, reference: np.ndarray,
+               labels: np.ndarray | None) -> np.ndarray:
+    """The headline metric of each row, whose mean it is: 1.0/0.0 for a correct/wrong
+    class, the cosine to the original's embedding otherwise."""
+    if task == "classification":
+        assert labels is not None
+        return (outputs.argmax(axis=-1) == labels).astype(np.float64)
+    return cosine_to_reference(outputs, reference).astype(np.float64)
+
+
+def headline_drop(task: str, outputs: np.ndarray, reference: np.ndarray,
+                  labels: np.ndarray | None) -> float:
+    """The headline metric of the reference (the original) minus that of `outputs`."""
+    return float(row_scores(task, reference, reference, labels).mean()
+                 - row_scores(task, outputs, reference, labels).mean())
 
 
 def task_metrics(task: str, outputs: np.ndarray, reference: np.ndarray,
@@ -69,8 +87,9 @@ def _measured(path: Path, metrics: dict[str, float]) -> MeasuredModel:
 
 def validate(original: Path, model_in: Path, evaluation: Arrays, onnx_out: Path
              ) -> ValidateRecord:
-    """Both models' task metrics on the eval set; the working model lands in `onnx_out` as
-    ONNX (exported fp32 if it is still torch)."""
+    """Both models' task metrics on the eval set, with the drop's bootstrap intervals
+    (`noise`); the working model lands in `onnx_out` as ONNX (exported fp32 if it is still
+    torch). The only step that reads the eval set's figures."""
     with timed() as clock:
         task = read_manifest(original).task
         compressed_onnx = ensure_onnx(model_in, evaluation, onnx_out)
@@ -84,6 +103,8 @@ def validate(original: Path, model_in: Path, evaluation: Arrays, onnx_out: Path
             metric_name=headline,
             baseline=_measured(original / BASELINE_ONNX, baseline_metrics),
             compressed=_measured(compressed_onnx, compressed_metrics),
+            drop_intervals=drop_intervals(row_scores(task, reference, reference, labels),
+                                          row_scores(task, outputs, reference, labels)),
             message=f"{headline} {baseline_metrics[headline]:.4f} -> "
                     f"{compressed_metrics[headline]:.4f} on {len(outputs)} rows")
     return clock.stamp(record)

@@ -30,7 +30,9 @@ DATASET_SPLITS: dict[str, tuple[str, ...]] = {"digits": ("test", "train"),
                                               "sentences": ("eval", "train"),
                                               "docstrings": ("eval", "train"),
                                               "digits-images": ("test", "train"),
-                                              "english-text": ("eval", "train")}
+                                              "english-text": ("eval", "train"),
+                                              "english-sentences": ("train", "train-4k",
+                                                                    "train-16k")}
 # Plain English sentences (first sentences of standard-library docstrings, once), shipped as
 # a file so the set is the same on every Python version; its sha256 goes into lineage.
 SENTENCES_FILE = Path(__file__).parent / "data" / "sentences.txt"
@@ -283,6 +285,24 @@ def docstrings_file(split: str) -> Path:
     return _cached_folder(_DOCSTRINGS_DIR, build) / f"{split}.jsonl"
 
 
+# builtin://english-sentences (modelpress.components.corpus; docs/datasets.md): the prose
+# sentences of the installed standard library and pinned packages, the `sentences` eval
+# split held out. `train` is all of it; the others are seeded samples of it (rows).
+ENGLISH_SENTENCES_SAMPLES = {"train-4k": 4_000, "train-16k": 16_000}
+
+
+def english_sentences_file(split: str) -> Path:
+    """A split of builtin://english-sentences as a .txt, one sentence a line, in the cache
+    (built once per python and package versions; `corpus.json` beside it says which)."""
+    from modelpress.components import corpus
+
+    evaluation = sentences("eval")
+    key = corpus.cache_key(evaluation, ENGLISH_SENTENCES_SAMPLES)
+    folder = _cached_folder(f"english-sentences-{key}", lambda scratch: corpus.write_corpus(
+        scratch, corpus.installed_sources(), evaluation, ENGLISH_SENTENCES_SAMPLES))
+    return folder / f"{split}.txt"
+
+
 def digits_image_folder(split: str) -> Path:
     """The digits split as 32x32 RGB PNGs, one subfolder per class ("0".."9")."""
     def build(folder: Path) -> None:
@@ -308,7 +328,8 @@ def _digit_png(pixels: np.ndarray) -> Any:
 def dataset_path(name: str, split: str) -> Path:
     """Where a builtin dataset's files are: `docstrings` a .jsonl, `digits-images` a folder."""
     readers: dict[str, Callable[[str], Path]] = {"docstrings": docstrings_file,
-                                                 "digits-images": digits_image_folder}
+                                                 "digits-images": digits_image_folder,
+                                                 "english-sentences": english_sentences_file}
     if name not in readers:
         raise InvalidInput("spec.data", f"builtin dataset {name!r} has no files; those with "
                                         f"files: {', '.join(readers)}")
@@ -316,7 +337,7 @@ def dataset_path(name: str, split: str) -> Path:
 
 
 # Builtin datasets that are files as users hand them over, read by the ordinary readers.
-DATASETS_AS_FILES = ("docstrings", "digits-images")
+DATASETS_AS_FILES = ("docstrings", "digits-images", "english-sentences")
 
 
 def docstring_classifier_folder() -> Path:

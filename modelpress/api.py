@@ -6,6 +6,7 @@ Unknown fields are errors everywhere, so a typo never silently does nothing.
 
 from __future__ import annotations
 
+import itertools
 import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -116,11 +117,15 @@ class ModelSource(Model):
 
 
 # The fields of DataSources that name datasets (the others say how to read them).
-DATASET_FIELDS = ("eval", "calibration", "train", "prompts")
+DATASET_FIELDS = ("eval", "validation", "calibration", "train", "prompts")
 
 
 class DataSources(Model):
     eval: Uri = Field(description="Held-out data the metric is measured on.")
+    validation: Uri | None = Field(
+        default=None, description="Data every decision is made on (auto quantization, search, "
+                                  "distillation's pick); default: a seeded 20% of data.train, "
+                                  "else of data.calibration (docs/evaluation.md).")
     calibration: Uri | None = Field(default=None, description="For static quantization.")
     train: Uri | None = Field(default=None, description="For fine-tuning and distillation.")
     prompts: Uri | None = Field(
@@ -204,7 +209,8 @@ class QuantizeStep(Model):
     max_accuracy_drop: float | None = Field(
         default=None, ge=0.0, le=1.0,
         description="auto: the fidelity bar; default promotion.gates.maxAccuracyDrop, else 0.01 "
-                    "(text-generation: 0.10 on 1 - top-1 agreement).",
+                    "(text-generation: 0.10 on 1 - top-1 agreement). dynamic/static: when "
+                    "given, the most sensitive nodes stay fp32 until the bar is met.",
     )
     algorithm: Literal["rtn", "k_quant", "hqq", "gptq"] | None = Field(
         default=None, description="text-generation int4: rtn (default) | k_quant | hqq | gptq "
@@ -264,13 +270,109 @@ class Step(Model):
 
 
 _SEARCH_PARAMETER = r"^steps\[\d+\]\.(prune|distill|decompose|quantize)\.[a-zA-Z]+$"
+SearchValue = float | int | str | bool
+# The most trials one search runs, and the most combinations of values its checks try.
+MAX_SEARCH_TRIALS = 256
+MAX_SEARCH_COMBINATIONS = 1024
+
+
+class SearchParameter(Model):
+    """One searched option: a grid of values, or a range (low..high) that sampler tpe draws
+    from (an integer option draws integers)."""
+
+    parameter: str = Field(pattern=_SEARCH_PARAMETER, description="e.g. steps[0].prune.sparsity")
+    values: list[SearchValue] | None = Field(default=None, min_length=1, max_length=32)
+    low: float | None = Field(default=None, description="A range's least value (sampler tpe).")
+    high: float | None = Field(default=None, description="A range's greatest value.")
+    log: bool = Field(default=False, description="Draw a range on a log scale.")
+
+    @model_validator(mode="after")
+    def _values_or_range(self) -> SearchParameter:
+        ranged = self.low is not None or self.high is not None
+        if (self.values is not None) == ranged:
+            raise ValueError("give either values or a range (low and high)")
+        if ranged and (self.low is None or self.high is None or self.low >= self.high):
+            raise ValueError("a range needs low < high")
+        if self.log and (not ranged or (self.low or 0.0) <= 0.0):
+            raise ValueError("log needs a range with low > 0")
+        return self
+
+    @property
+    def target(self) -> tuple[int, str]:
+        """(position in spec.steps, option field) this parameter sets."""
+        match = re.match(r"^steps\[(\d+)\]\.\w+\.(\w+)$", self.parameter)
+        assert match  # guaranteed by the field pattern
+        return int(match[1]), match[2]
+
+    @property
+    def checked_values(self) -> list[SearchValue]:
+        """The values the spec's checks try: every grid value, or a range's two ends."""
+        return list(self.values) if self.values is not None else [self.low, self.high]  # type: ignore[list-item]
 
 
 class Search(Model):
-    parameter: str = Field(pattern=_SEARCH_PARAMETER, description="e.g. steps[0].prune.sparsity")
-    values: list[float | int | str | bool] = Field(min_length=1, max_length=32)
+    """Trials of the job's steps with searched options; the best within the bar is kept."""
+
+    parameter: str | None = Field(default=None, pattern=_SEARCH_PARAMETER,
+                                  description="Shorthand for one parameter with its values.")
+    values: list[SearchValue] | None = Field(default=None, min_length=1, max_length=32)
+    parameters: list[SearchParameter] = Field(default_factory=list, max_length=4)
+    sampler: Literal["grid", "tpe"] = Field(
+        default="grid", description="grid: every combination of values, in order; tpe: "
+                                    "optuna's seeded TPE sampler, one trial after another.")
+    seed: int = Field(default=0, ge=0, le=2**31 - 1, description="The tpe sampler's seed.")
+    max_trials: int | None = Field(default=None, ge=1, le=MAX_SEARCH_TRIALS)
+    time_budget_seconds: int | None = Field(
+        default=None, ge=1, le=604800,
+        description="No trial starts after this long; the best so far is kept.")
     max_accuracy_drop: float = Field(default=0.01, ge=0.0, le=1.0)
     objective: Literal["size", "latency"] = "size"
+
+    @model_validator(mode="after")
+    def _a_searchable_space(self) -> Search:
+        shorthand = self.parameter is not None or self.values is not None
+        if shorthand and self.parameters:
+            raise ValueError("give parameter and values, or parameters, not both")
+        if shorthand and (self.parameter is None or self.values is None):
+            raise ValueError("parameter and values go together")
+        if not shorthand and not self.parameters:
+            raise ValueError("name what to search: parameter and values, or parameters")
+        paths = [searched.parameter for searched in self.searched]
+        if len(set(paths)) != len(paths):
+            raise ValueError(f"parameters: each parameter at most once, got {paths}")
+        for position, searched in enumerate(self.searched):
+            if self.sampler == "grid" and searched.values is None:
+                raise ValueError(f"parameters[{position}]: the grid sampler needs values (a "
+                                 "range, low and high, is for sampler tpe)")
+        if self.combinations() > MAX_SEARCH_COMBINATIONS:
+            raise ValueError(f"{self.combinations()} combinations of values; at most "
+                             f"{MAX_SEARCH_COMBINATIONS}")
+        if self.sampler == "grid" and self.max_trials is None \
+                and self.combinations() > MAX_SEARCH_TRIALS:
+            raise ValueError(f"the grid has {self.combinations()} trials; at most "
+                             f"{MAX_SEARCH_TRIALS} (set maxTrials or give fewer values)")
+        if self.sampler == "tpe" and self.max_trials is None and self.time_budget_seconds is None:
+            raise ValueError("maxTrials: the tpe sampler needs maxTrials or "
+                             "timeBudgetSeconds")
+        return self
+
+    @property
+    def searched(self) -> list[SearchParameter]:
+        """Every searched parameter (the shorthand as a one-parameter list)."""
+        if self.parameter is not None and self.values is not None:
+            return [SearchParameter(parameter=self.parameter, values=self.values)]
+        return self.parameters
+
+    def where(self, position: int) -> str:
+        """How messages name the `position`-th searched parameter."""
+        return "search" if self.parameter is not None else f"search.parameters[{position}]"
+
+    def combinations(self) -> int:
+        """How many combinations of the values the spec's checks try (a range counts 2)."""
+        count = 1
+        for searched in self.searched:
+            count *= len(searched.checked_values)
+        return count
 
 
 class Toleration(Model):
@@ -323,12 +425,59 @@ class Gates(Model):
         description="text-generation: the most compressed perplexity / baseline perplexity - 1.")
     min_speedup: dict[PoolName, float] = Field(default_factory=dict,
                                               description="Pool name -> least speedup.")
+    confidence: Literal[0.8, 0.9, 0.95, 0.99] | None = Field(
+        default=None, description="maxAccuracyDrop must hold for the upper bound of "
+                                  "accuracyDrop's interval at this confidence, not only for "
+                                  "the measured drop.")
+
+    @model_validator(mode="after")
+    def _confidence_needs_a_bar(self) -> Gates:
+        if self.confidence is not None and self.max_accuracy_drop is None:
+            raise ValueError("confidence bounds accuracyDrop: set maxAccuracyDrop too")
+        return self
+
+
+class Registry(Model):
+    """A model registry the promoted model is registered in, as a new version of `model`
+    whose `alias` moves to it only when every gate passes (docs/registry.md)."""
+
+    kind: Literal["mlflow"] = Field(
+        default="mlflow", description="mlflow: the server MLFLOW_TRACKING_URI names.")
+    model: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=255,
+        description="The registered model (created when absent); the operator allows only "
+                    "names of the job's namespace (MODELPRESS_REGISTRY_MODELS).")
+    alias: str = Field(default="challenger", pattern=r"^[A-Za-z0-9_-]+$", max_length=255,
+                       description="The alias moved to the new version (not latest or vN).")
+
+    @field_validator("alias")
+    @classmethod
+    def _not_reserved(cls, alias: str) -> str:
+        if alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
+            raise ValueError(f"{alias!r} is reserved by the registry (latest, v<number>)")
+        return alias
+
+
+class Canary(Model):
+    """How a promoted model reaches the KServe InferenceService a job names: first as a canary
+    with part of the traffic, then, by editing `action`, to all of it or back out
+    (docs/kserve-canary.md)."""
+
+    traffic_percent: int = Field(
+        default=10, ge=1, le=99,
+        description="The share of requests the new model gets while it is a canary.")
+    action: Literal["promote", "rollback"] | None = Field(
+        default=None, description="promote: the new model takes all traffic; rollback: the "
+                                  "InferenceService serves its previous model again. Unset: "
+                                  "the canary keeps trafficPercent.")
 
 
 class Promotion(Model):
     gates: Gates = Field(default_factory=Gates)
     condition: str | None = Field(default=None, max_length=MAX_CONDITION_LENGTH)
     target: Uri | None = None
+    registry: Registry | None = None
+    canary: Canary | None = None
 
     @field_validator("condition")
     @classmethod
@@ -424,26 +573,29 @@ class CompressionSpec(Model):
 
     @model_validator(mode="after")
     def _search_points_at_a_step(self) -> CompressionSpec:
-        searched = self.searched_option()
-        if searched is None:
-            return self
-        assert self.search is not None
-        index, field = searched
-        kind = self.search.parameter.split(".")[1]
+        for position, searched in enumerate(self.search.searched if self.search else []):
+            assert self.search is not None
+            self._check_searched(searched, self.search.where(position))
+        return self
+
+    def _check_searched(self, searched: SearchParameter, where: str) -> None:
+        index, field = searched.target
+        kind = searched.parameter.split(".")[1]
         if index >= len(self.steps) or self.steps[index].kind != kind:
-            raise ValueError(f"search.parameter {self.search.parameter!r} names no such step")
+            raise ValueError(f"{where}.parameter: {searched.parameter!r} names no such step")
         options = type(self.steps[index].options)
         known = {info.alias or name for name, info in options.model_fields.items()}
         if field not in known:
-            raise ValueError(f"search.parameter: {kind} has no field {field!r}")
+            raise ValueError(f"{where}.parameter: {kind} has no field {field!r}")
         current = self.steps[index].options.to_wire()
-        for position, value in enumerate(self.search.values):
+        labels = [f"values[{i}]" for i in range(len(searched.values))] \
+            if searched.values is not None else ["low", "high"]
+        for label, value in zip(labels, searched.checked_values, strict=True):
             try:
                 options.model_validate({**current, field: value})
             except ValidationError as error:
                 problem = error.errors()[0]["msg"]
-                raise ValueError(f"search.values[{position}]: {problem}") from None
-        return self
+                raise ValueError(f"{where}.{label}: {problem}") from None
 
     @model_validator(mode="after")
     def _steps_fit_the_task(self) -> CompressionSpec:
@@ -465,24 +617,18 @@ class CompressionSpec(Model):
                              "a perplexity")
         return self
 
-    def searched_option(self) -> tuple[int, str] | None:
-        """(position in `steps`, field) of the option a search sets; None without one."""
-        if self.search is None:
-            return None
-        match = re.match(r"^steps\[(\d+)\]\.\w+\.(\w+)$", self.search.parameter)
-        assert match  # guaranteed by the field pattern
-        return int(match[1]), match[2]
-
     def step_variants(self, index: int) -> list[Model]:
-        """The options of `steps[index]` as each search candidate sets them, in the order
-        of `search.values`; the step's own options alone when the search is elsewhere."""
+        """The options of `steps[index]` as the search may set them (every combination of
+        its values, a range's two ends); the step's own options alone when no search sets
+        them."""
         options = self.steps[index].options
-        searched = self.searched_option()
-        if searched is None or searched[0] != index:
+        here = [p for p in (self.search.searched if self.search else []) if p.target[0] == index]
+        if not here:
             return [options]
-        assert self.search is not None
-        return [type(options).model_validate({**options.to_wire(), searched[1]: value})
-                for value in self.search.values]
+        fields = [searched.target[1] for searched in here]
+        return [type(options).model_validate({**options.to_wire(), **dict(zip(fields, values,
+                                                                              strict=True))})
+                for values in itertools.product(*(p.checked_values for p in here))]
 
 
 def _llm_problem(options: Model, generating: bool) -> str | None:
@@ -583,8 +729,27 @@ class Candidate(Model):
     perplexity_increase: float | None = Field(default=None, description="text-generation.")
     tokens_per_second: float | None = Field(default=None,
                                             description="text-generation: decode tokens/s.")
+    fp32_nodes: list[str] = Field(
+        default_factory=list, description="Mixed precision: the graph nodes this candidate "
+                                          "kept in fp32 (none: the whole recipe).")
     chosen: bool = False
     reason: str = ""
+
+
+class SensitivityEntry(Model):
+    """What quantizing one node (or one group of consecutive nodes) costs: the accuracy
+    drop of its recipe with only that node quantized (docs/quantization.md)."""
+
+    node: str = Field(description="The node's name; a group's first and last node's.")
+    op_type: str = Field(description="MatMul, Gemm or Conv (a group's first node's).")
+    nodes: list[str] = Field(min_length=1, description="The graph nodes this entry stands "
+                                                       "for: one, unless grouped.")
+    recipe: str = Field(description="The quantization recipe whose nodes were ranked.")
+    accuracy_drop: float = Field(description="The accuracy drop with only this node quantized "
+                                             "(sampled decision rows).")
+    output_error: float = Field(description="The outputs' relative squared error to the "
+                                            "original's then (breaks a coarse metric's ties).")
+    rank: int = Field(ge=1, description="1: the most harmful node to quantize.")
 
 
 class Generation(Model):
@@ -607,6 +772,49 @@ class TextGenerationFigures(Model):
     generations: list[Generation] = Field(default_factory=list)
 
 
+class RegisteredVersion(Model):
+    """The registry version a promotion registered and the alias it moved."""
+
+    kind: Literal["mlflow"]
+    model: str
+    version: str
+    alias: str
+    previous_version: str | None = Field(
+        default=None, description="The version the alias named before it moved; none: unset.")
+    uri: str = Field(description="e.g. models:/NAME/VERSION.")
+    run_id: str | None = Field(default=None, description="The registry run holding its files.")
+
+
+class DropInterval(Model):
+    """accuracyDrop's paired-bootstrap interval over the eval rows at one confidence."""
+
+    confidence: float
+    low: float
+    high: float
+
+
+class DecisionData(Model):
+    """Which data decided (the validation split) and which reported (the eval set)."""
+
+    source: Literal["data.validation", "data.train", "data.calibration", "data.eval"] = Field(
+        description="Where the validation rows came from.")
+    carved: bool = Field(description="Carved from `source` by modelpress; those rows left it.")
+    seed: int | None = Field(default=None, description="The carving's seed.")
+    rows: int = Field(description="Rows every decision was made on.")
+    dropped_overlap: int = Field(default=0,
+                                 description="Rows left out for being identical to eval rows.")
+    eval_rows: int = Field(description="Rows the reported figures are measured on.")
+
+
+class StepSpend(Model):
+    """What one lossy step spent of the job's accuracy budget, measured on validation."""
+
+    step: str
+    cumulative_drop: float = Field(description="The model after this step vs the original.")
+    spent: float = Field(description="This step's share: its cumulative drop minus the "
+                                     "previous step's.")
+
+
 class Results(Model):
     baseline: ModelFigures
     compressed: ModelFigures
@@ -618,6 +826,22 @@ class Results(Model):
     speedup: dict[str, float] = Field(default_factory=dict)
     benchmarks: list[PoolBenchmark] = Field(default_factory=list)
     candidates: list[Candidate] = Field(default_factory=list)
+    sensitivity: list[SensitivityEntry] = Field(
+        default_factory=list, description="Per-node cost of the quantization recipe, most "
+                                          "harmful first (measured when a bar was missed).")
+    accuracy_drop_interval: list[float] | None = Field(
+        default=None, min_length=2, max_length=2,
+        description="[low, high]: the 95% paired-bootstrap interval of accuracyDrop.")
+    accuracy_drop_intervals: list[DropInterval] = Field(
+        default_factory=list, description="The interval at each confidence gates.confidence "
+                                          "may ask for.")
+    decision_data: DecisionData | None = None
+    budget: list[StepSpend] = Field(
+        default_factory=list, description="Each lossy step's spend of the accuracy budget, in "
+                                          "order (validation split).")
+    registry: RegisteredVersion | None = Field(
+        default=None, description="modelpress run: the registry version its promotion made "
+                                  "(the operator's is in status.promotion.registry).")
 
 
 class StepStatus(Model):
@@ -633,6 +857,19 @@ class PromotionStatus(Model):
     decision: Literal["Promoted", "Rejected", "Pending"]
     reasons: list[str] = Field(default_factory=list)
     promoted_uri: str | None = None
+    registry: RegisteredVersion | None = None
+    canary_service: str | None = Field(
+        default=None, description="The InferenceService (in the job's namespace) modelpress "
+                                  "rolled the model out to.")
+    canary_state: Literal["Canary", "Promoted", "RolledBack"] | None = Field(
+        default=None, description="What modelpress last set on it: the new model as a canary, "
+                                  "with all traffic, or the previous model back.")
+    canary_uri: str | None = Field(default=None, description="The new model's storageUri.")
+    canary_traffic_percent: int | None = Field(
+        default=None, description="The share of traffic the canary was given.")
+    stable_uri: str | None = Field(
+        default=None, description="The storageUri the InferenceService served before: what a "
+                                  "rollback restores.")
     model_sha256: str | None = Field(
         default=None, description="sha256 of the model the run produced, from the run's own "
                                   "record: the only bytes a promotion copies.")

@@ -27,7 +27,7 @@ from modelpress.errors import InvalidInput, ModelpressError, one_line
 if TYPE_CHECKING:
     from modelpress.api import CompressionJob, Results
     from modelpress.gates import Verdict
-    from modelpress.records import ResultsDocument
+    from modelpress.records import ReportRecord, ResultsDocument
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Compress trained models and prove they are still good enough to ship.")
@@ -141,20 +141,27 @@ def run(job_file: JobArgument,
     job = _guarded(lambda: load_job(job_file))
     destination, where = _output_for(job, output)
     _guarded(lambda: check_output(destination, where, _job_inputs(job)))
+    if job.spec.promotion.registry is not None:
+        from modelpress.registry import preflight
+
+        _guarded(preflight)
     with contextlib.ExitStack() as held:
         _guarded(lambda: held.enter_context(output_lock(destination, where)))
         _preflight(job, trust_model_code)
         began = time.perf_counter()
-        _guarded(lambda: _run_stoppably(job, destination, trust_model_code))
+        record = _guarded(lambda: _run_stoppably(job, destination, trust_model_code))
         wall_seconds = time.perf_counter() - began
         document = _guarded(lambda: read_results_document(destination))
-    _print_summary(document, wall_seconds)
-    verdict = _print_verdict(job, document)
+        _print_summary(document, wall_seconds)
+        verdict = _print_verdict(job, document)
+        document, registry_failed = _register_run(job, destination, record, document, verdict)
     sys.stdout.write(json.dumps({"output": destination, "wallSeconds": round(wall_seconds, 2),
                                  "computeSeconds": round(document.compute_seconds, 2),
                                  **document.results.to_wire()}) + "\n")
     if verdict.decision == "Rejected":
         raise typer.Exit(3)
+    if registry_failed:
+        raise typer.Exit(1)
 
 
 def _preflight(job: Any, trust_model_code: bool) -> None:
@@ -165,18 +172,20 @@ def _preflight(job: Any, trust_model_code: bool) -> None:
         console.print(f"note: {escape(note)}", highlight=False)
 
 
-def _run_stoppably(job: Any, destination: str, trust_model_code: bool) -> None:
-    """Run the pipeline; SIGTERM or SIGINT stops its steps and removes their scratch."""
+def _run_stoppably(job: Any, destination: str, trust_model_code: bool) -> ReportRecord:
+    """Run the pipeline; SIGTERM or SIGINT stops its steps and removes their scratch. The
+    report step's record of what it published (with each file's sha256)."""
     from modelpress.pipelines.local import run_local, stop_steps
 
     with tempfile.TemporaryDirectory(prefix="modelpress-") as scratch:
         events = Path(scratch) / "events.jsonl"
         failure: list[BaseException] = []
+        record: list[ReportRecord] = []
 
         def target() -> None:
             try:
-                run_local(job, destination, Path(scratch), events,
-                          trust_model_code=trust_model_code)
+                record.append(run_local(job, destination, Path(scratch), events,
+                                        trust_model_code=trust_model_code))
             except BaseException as error:  # handed to the main thread below
                 failure.append(error)
 
@@ -194,6 +203,7 @@ def _run_stoppably(job: Any, destination: str, trust_model_code: bool) -> None:
                 raise typer.Exit(128 + stopped[1]) from None
         if failure:
             raise failure[0]
+        return record[0]
 
 
 class _Stopped(Exception):
@@ -303,6 +313,48 @@ def _print_verdict(job: CompressionJob, document: ResultsDocument) -> Verdict:
         for reason in verdict.reasons:
             console.print(f"  [green]✓[/green] {escape(reason)}", highlight=False)
     return verdict
+
+
+def _register_run(job: CompressionJob, destination: str, record: ReportRecord,
+                  document: ResultsDocument, verdict: Verdict) -> tuple[ResultsDocument, bool]:
+    """spec.promotion.registry: a passing run's model, as the run recorded it, registered
+    with the operator's code, and the version made (alias and its previous holder) written
+    into results.json. The document, and whether registering failed (said in one line)."""
+    from modelpress.operator.promotion import DigestMismatch, stage_verified
+    from modelpress.records import RESULTS, write_results_document
+    from modelpress.registry import (
+        RegistryUnavailable,
+        open_registry,
+        register,
+        registration_of,
+    )
+    from modelpress.store import open_store
+
+    target = job.spec.promotion.registry
+    if target is None:
+        return document, False
+    if verdict.decision == "Rejected":
+        console.print(f"registry: nothing registered in {escape(target.model)} (gates failed)",
+                      highlight=False)
+        return document, False
+    key = f"{job.metadata.namespace}/{job.metadata.name}"
+    try:
+        with tempfile.TemporaryDirectory(prefix="modelpress-register-") as scratch:
+            files = stage_verified(destination, record.sha256, Path(scratch))
+            registration = registration_of(job, key, files, record.sha256, document.results)
+            version = register(open_registry(), target, registration)
+            document = document.model_copy(update={"results": document.results.model_copy(
+                update={"registry": version})})
+            written = write_results_document(document, Path(scratch) / RESULTS)
+            open_store(destination).put_file(written, RESULTS)
+    except (RegistryUnavailable, DigestMismatch, ModelpressError) as error:
+        console.print(f"[red]registry:[/red] {escape(one_line(str(error)))} (the run's "
+                      f"results are in {escape(destination)}; run again to retry)",
+                      highlight=False, soft_wrap=True)
+        return document, True
+    console.print(f"registry: {escape(version.uri)} is @{escape(version.alias)} (before: "
+                  f"{escape(version.previous_version or 'unset')})", highlight=False)
+    return document, False
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ MODELPRESS_CEL_BUDGET_SECONDS is killed; the caller gets a verdict either way.
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import select
 import subprocess
@@ -78,15 +79,50 @@ def _gate_failures(results: Results, gates: Gates) -> list[str]:
     drop = results.accuracy_drop
     if gates.max_accuracy_drop is not None and drop > gates.max_accuracy_drop:
         failures.append(f"accuracyDrop {drop:g} is above maxAccuracyDrop "
-                        f"{gates.max_accuracy_drop:g}")
-    failure = _perplexity_failure(results, gates.max_perplexity_increase)
-    if failure:
-        failures.append(failure)
+                        f"{gates.max_accuracy_drop:g}{_spender(results, gates.max_accuracy_drop)}")
+    for failure in (_confidence_failure(results, gates),
+                    _perplexity_failure(results, gates.max_perplexity_increase)):
+        if failure:
+            failures.append(failure)
     for pool, minimum in gates.min_speedup.items():
         failure = _speedup_failure(results, pool, minimum)
         if failure:
             failures.append(failure)
     return failures
+
+
+def _spender(results: Results, bar: float) -> str:
+    """Which step spent the accuracy budget, as a clause: the first whose cumulative drop
+    on the validation split went over `bar`, else the one that spent most; "" when no step
+    measured its spend."""
+    over = next((spend for spend in results.budget if spend.cumulative_drop > bar), None)
+    if over is not None:
+        return (f"; {over.step} spent the budget (drop {over.cumulative_drop:g} on validation "
+                f"after it, {over.spent:g} of it its own)")
+    largest = max(results.budget, key=lambda spend: spend.spent, default=None)
+    if largest is None or largest.spent <= 0:
+        return ""
+    return (f"; the largest spender was {largest.step} ({largest.spent:g} of the drop on "
+            "validation)")
+
+
+def _upper_bound(results: Results, confidence: float) -> float | None:
+    """The high end of accuracyDrop's interval at `confidence`, if it was measured."""
+    return next((interval.high for interval in results.accuracy_drop_intervals
+                 if math.isclose(interval.confidence, confidence)), None)
+
+
+def _confidence_failure(results: Results, gates: Gates) -> str | None:
+    """gates.confidence: the drop's upper bound at that confidence must pass the bar too."""
+    if gates.confidence is None or gates.max_accuracy_drop is None:
+        return None
+    bar, confidence = gates.max_accuracy_drop, gates.confidence
+    upper = _upper_bound(results, confidence)
+    if upper is None:
+        return f"confidence {confidence:g}: no interval of accuracyDrop was measured"
+    return None if upper <= bar else (
+        f"accuracyDrop's {confidence:.0%} upper bound {upper:g} is above maxAccuracyDrop "
+        f"{bar:g} (gates.confidence){_spender(results, bar)}")
 
 
 def _perplexity_failure(results: Results, maximum: float | None) -> str | None:
@@ -158,6 +194,10 @@ def _passes(results: Results, promotion: Promotion) -> list[str]:
                       f"{gates.min_compression_ratio:g}")
     if gates.max_accuracy_drop is not None:
         passes.append(f"accuracyDrop {results.accuracy_drop:g} <= {gates.max_accuracy_drop:g}")
+    if gates.confidence is not None:
+        passes.append(f"accuracyDrop's {gates.confidence:.0%} upper bound "
+                      f"{_upper_bound(results, gates.confidence):g} <= "
+                      f"{gates.max_accuracy_drop:g}")
     if gates.max_perplexity_increase is not None:
         passes.append(f"perplexityIncrease {results.perplexity_increase:g} <= "
                       f"{gates.max_perplexity_increase:g}")

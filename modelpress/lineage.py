@@ -19,10 +19,18 @@ LINEAGE = "lineage.json"
 
 
 class LineageInput(Model):
-    """One input the job read (the model, each dataset): where from, and its digest."""
+    """One input the job read (the model, each dataset): where from, and its digest. A
+    validation split carved by modelpress names the set it came from and its seed; the set
+    it came from says how many rows it gave up (docs/evaluation.md)."""
 
     uri: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    rows: int | None = Field(default=None, description="Datasets: the rows the job used.")
+    carved_from: str | None = Field(default=None,
+                                    description="A carved split: the field it came from.")
+    seed: int | None = Field(default=None, description="A carved split: its seed.")
+    held_out_rows: int | None = Field(
+        default=None, description="Rows carved out of this set into the validation split.")
 
 
 class LineageStep(Model):

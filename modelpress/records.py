@@ -20,9 +20,12 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from modelpress.api import (
     Candidate,
+    DecisionData,
+    DropInterval,
     Model,
     PoolBenchmark,
     Results,
+    SensitivityEntry,
     StepStatus,
     TextGenerationFigures,
 )
@@ -47,6 +50,15 @@ class StepRecord(Model):
     message: str = ""
 
 
+class LossyRecord(StepRecord):
+    """A step that changes the model, and what it has spent of the job's accuracy budget."""
+
+    validation_drop: float | None = Field(
+        default=None, description="The headline metric drop of the model this step wrote vs "
+                                  "the original, on the validation split: every step so far "
+                                  "together. None: the job has no validation split.")
+
+
 class FetchRecord(StepRecord):
     kind: Literal["fetch"] = "fetch"
     format: str = Field(description="The working model's format: bundle, torchscript, onnx.")
@@ -54,9 +66,12 @@ class FetchRecord(StepRecord):
     eval_rows: int
     lineage_inputs: dict[str, LineageInput] = Field(
         description="What was read: `model`, `data.eval`, … with uri and sha256.")
+    decision_data: DecisionData | None = Field(
+        default=None, description="The validation split every decision reads; None: no "
+                                  "decision reads data.")
 
 
-class PruneRecord(StepRecord):
+class PruneRecord(LossyRecord):
     kind: Literal["prune"] = "prune"
     parameters_before: int
     parameters: int
@@ -76,7 +91,7 @@ class PruneRecord(StepRecord):
         default=None, description="Of all channels and neurons but the output layer's.")
 
 
-class DistillRecord(StepRecord):
+class DistillRecord(LossyRecord):
     kind: Literal["distill"] = "distill"
     epochs: int
     student: str
@@ -87,18 +102,21 @@ class DistillRecord(StepRecord):
     holdout_rows: int | None = None
 
 
-class DecomposeRecord(StepRecord):
+class DecomposeRecord(LossyRecord):
     kind: Literal["decompose"] = "decompose"
     replaced_layers: int
     parameters_before: int
     parameters: int
 
 
-class QuantizeRecord(StepRecord):
+class QuantizeRecord(LossyRecord):
     kind: Literal["quantize"] = "quantize"
     mode: str
     size_bytes: int
-    candidates: list[Candidate] = Field(default_factory=list, description="mode auto only.")
+    candidates: list[Candidate] = Field(default_factory=list,
+                                        description="mode auto, or a recipe with a bar.")
+    sensitivity: list[SensitivityEntry] = Field(
+        default_factory=list, description="The recipe's per-node cost, when a bar was missed.")
 
 
 class MeasuredModel(Model):
@@ -117,6 +135,9 @@ class ValidateRecord(StepRecord):
     compressed: MeasuredModel
     text_generation: TextGenerationFigures | None = Field(
         default=None, description="text-generation: perplexities, agreement, generations.")
+    drop_intervals: list[DropInterval] = Field(
+        default_factory=list, description="accuracyDrop's paired-bootstrap intervals over the "
+                                          "eval rows, one per confidence level.")
 
     @property
     def accuracy_drop(self) -> float:

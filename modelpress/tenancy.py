@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from fnmatch import fnmatchcase
 
 from modelpress.errors import StoreError, one_line
 from modelpress.store import local_folder
 
 NAMESPACE_FIELD = "{namespace}"
 DEFAULT_PREFIXES = ("s3://modelpress/{namespace}/",)
+# The registered models a namespace's jobs may register versions of (model registries).
+DEFAULT_REGISTRY_MODELS = ("{namespace}.*",)
 # A namespace name that stands in for every namespace when a template is checked.
 PROBE_NAMESPACE = "a-namespace"
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -108,3 +111,14 @@ def _under(place: _Place, prefix: _Place) -> bool:
         return False
     wanted = prefix[3]
     return all(segments[:len(wanted)] == wanted for segments in (written, resolved))
+
+
+def registered_model_refused(name: str, namespace: str, templates: Sequence[str]) -> str | None:
+    """One line when registered model `name` matches none of `templates` (patterns, `*` any
+    characters, naming {namespace}) once `{namespace}` is `namespace`; None when allowed."""
+    patterns = expand(templates, namespace)
+    if any(fnmatchcase(name, pattern) for pattern in patterns):
+        return None
+    allowed = ", ".join(patterns) or "none are configured"
+    return (f"spec.promotion.registry.model: {name} is not a registered model of namespace "
+            f"{namespace} (allowed: {allowed})")

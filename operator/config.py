@@ -8,7 +8,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from modelpress.settings import get_settings
-from modelpress.tenancy import DEFAULT_PREFIXES
+from modelpress.tenancy import DEFAULT_PREFIXES, DEFAULT_REGISTRY_MODELS
 
 
 def _default_workdir() -> Path:
@@ -38,7 +38,12 @@ class OperatorSettings(BaseSettings):
         default=6 * 3600, ge=60, le=604800,
         description="The longest a run may take (spec.deadlineSeconds is capped by it, and a "
                     "job without one gets it); a run past it is terminated.")
-    poll_interval_seconds: float = Field(default=5.0, gt=0.0, le=3600.0)
+    poll_interval_seconds: float = Field(
+        default=5.0, gt=0.0, le=3600.0,
+        description="How often runs in flight are polled (and slots freed elsewhere looked for).")
+    sync_workers: int = Field(
+        default=4, ge=1, le=64,
+        description="Jobs synced at once (each sync polls a run: an HTTP call for KFP).")
     local_workdir: Path = Field(default_factory=_default_workdir,
                                 description="Run folders of the local backend.")
     kfp_host: str = Field(default="http://ml-pipeline.kubeflow.svc.cluster.local:8888",
@@ -52,6 +57,10 @@ class OperatorSettings(BaseSettings):
     kfp_token_path: Path | None = Field(
         default=None, description="A file holding the bearer token for the KFP API (a "
         "projected service account token for multi-user KFP); read again for every request.")
+    registry_models: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_REGISTRY_MODELS),
+        description="The registered models a job's spec.promotion.registry may name: "
+                    "patterns (* any characters) naming {namespace}.")
     kserve_enabled: bool = Field(default=False, description="Patch InferenceServices named by "
                                  "the modelpress.io/inference-service annotation.")
     metrics_address: str = "0.0.0.0"

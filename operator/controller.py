@@ -7,21 +7,28 @@ tested with a fake backend and plain callables.
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from modelpress.api import CompressionStatus
-from modelpress.errors import ModelpressError
+from modelpress.api import CompressionStatus, RegisteredVersion
+from modelpress.errors import InvalidInput, ModelpressError
 from modelpress.operator import promotion
 from modelpress.operator.backends.base import Backend, BackendError, RunState
 from modelpress.operator.metrics import JobKey, OperatorMetrics
-from modelpress.operator.promotion import DigestMismatch, Promote, PromotionRefused
+from modelpress.operator.promotion import (
+    CanaryStep,
+    DigestMismatch,
+    Promote,
+    PromotionRefused,
+)
 from modelpress.operator.reconcile import (
     TERMINAL_PHASES,
     Action,
@@ -40,20 +47,33 @@ from modelpress.operator.reconcile import (
     reconcile,
     transition_events,
 )
+from modelpress.operator.scheduling import Waiting, waiting_for
 from modelpress.operator.status import (
     DIGEST_MISMATCH,
     QUEUED,
+    REGISTRY_REFUSED,
     SUCCEEDED,
     TERMINATED,
+    Rollout,
     parse_status,
     promoted,
     promotion_failed,
     promotion_refused,
+    rolled_out,
     status_patch,
     submit_failed,
     submitted,
 )
 from modelpress.records import read_results_with_digest
+from modelpress.registry import (
+    ModelRegistry,
+    RegistryUnavailable,
+    open_registry,
+    preflight,
+    register,
+    registration_of,
+)
+from modelpress.tenancy import DEFAULT_REGISTRY_MODELS, registered_model_refused
 
 EventSink = Callable[[str, str, str], None]  # (type, reason, message)
 # For how long "every slot is taken" (overall, or in one namespace) is believed without
@@ -91,7 +111,9 @@ class Controller:
                  copier: Callable[[str, str, Mapping[str, str]], None] = (
                      promotion.copy_to_target),
                  clock: Callable[[], datetime] = utc_now,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 registry_models: Sequence[str] = DEFAULT_REGISTRY_MODELS,
+                 registry_opener: Callable[[], ModelRegistry] = open_registry) -> None:
         self.backend = backend
         self.config = config
         self.metrics = metrics
@@ -100,6 +122,9 @@ class Controller:
         self._copy = copier
         self._clock = clock
         self._monotonic = monotonic
+        # The registered models each namespace's jobs may name (MODELPRESS_REGISTRY_MODELS).
+        self._registry_models = tuple(registry_models)
+        self._open_registry = registry_opener
         self._full_until = 0.0  # monotonic time until which no slot is free, as last seen
         # The same for each namespace at its own cap on runs in flight.
         self._namespace_full_until: dict[str, float] = {}
@@ -136,7 +161,7 @@ class Controller:
             if after.phase in TERMINAL_PHASES and before.run_id is not None \
                     and before.phase not in TERMINAL_PHASES:
                 self._slot_freed(job.namespace)
-            self._written[job.uid] = (job.resource_version, after.to_wire())
+            self._remember(job, after)
             self._recorded.add(job.uid)
             return status_patch(job.status, after)
 
@@ -236,8 +261,15 @@ class Controller:
                   and status.get("observedGeneration") == job.generation
                   and any(c.get("type") == SUCCEEDED and c.get("reason") == QUEUED
                           for c in status.get("conditions") or []))
-        full_until = max(self._full_until, self._namespace_full_until.get(job.namespace, 0.0))
-        return queued and job.uid in self._recorded and self._monotonic() < full_until
+        return queued and job.uid in self._recorded and self.slots_taken(job.namespace)
+
+    def slots_taken(self, namespace: str | None = None) -> bool:
+        """Whether every slot is known taken (as last seen, for FULL_FOR_SECONDS): overall,
+        or, given a namespace, overall or in that namespace."""
+        full_until = self._full_until
+        if namespace is not None:
+            full_until = max(full_until, self._namespace_full_until.get(namespace, 0.0))
+        return self._monotonic() < full_until
 
     def _observe_results(self, now: datetime, run: RunState, output: str | None) -> Observation:
         if output is None:
@@ -276,22 +308,36 @@ class Controller:
 
     def _promotion_outcome(self, action: Promote, status: CompressionStatus,
                            job: JobView) -> CompressionStatus:
+        if isinstance(action, CanaryStep):
+            return self._canary_outcome(action, status, job)
         recorded = status.promotion.sha256 if status.promotion else {}
+        refusal = self._registry_refusal(job)
+        if refusal:
+            return promotion.rejected(status, REGISTRY_REFUSED, [refusal], self._clock())
         try:
             self._promote(action, job.namespace, recorded)
+            registered = self._register(action.output, status, job, recorded)
         except PromotionRefused as error:
             return promotion_refused(status, str(error), self._clock())
         except DigestMismatch as error:  # final: retrying reads the same forged bytes
             return promotion.rejected(status, DIGEST_MISMATCH, [str(error)], self._clock())
+        except RegistryUnavailable as error:
+            self.record_error(job, error)
+            return promotion.registry_unavailable(status, str(error), self._clock())
         except Exception as error:  # any failure of the copy or patch is reported, retried
             self.record_error(job, error)
             return promotion_failed(status, str(error) or type(error).__name__, self._clock())
-        return promoted(status, action.target, action.inference_service, self._clock())
+        status = promoted(status, action.target, action.inference_service, self._clock())
+        status = promotion.with_registered(status, registered, self._clock())
+        if action.inference_service:  # copied or checked: now the rollout to the service
+            return self._canary_outcome(self._first_step(action, job), status, job,
+                                        verified=True)
+        return status
 
     def _promote(self, action: Promote, namespace: str, recorded: Mapping[str, str]) -> None:
-        """Copy what the run recorded (`recorded`: sha256 by file name), then patch; an
+        """Copy what the run recorded (`recorded`: sha256 by file name), for a rollout; an
         InferenceService that has not opted in stops both. A service pointed at the output
-        itself is patched only while the model there is the one the run recorded."""
+        itself gets it only while the model there is the one the run recorded."""
         service = action.inference_service
         if service:
             promotion.opted_in_service(self._kserve_api, namespace, service)
@@ -299,9 +345,76 @@ class Controller:
             self._copy(action.output, action.target, recorded)
         elif service:
             promotion.check_model(action.output, recorded)
-        if service:
-            promotion.patch_inference_service(self._kserve_api, namespace, service,
-                                              action.target or action.output)
+
+    # ------------------------------------------------------------------ KServe rollout
+
+    def _first_step(self, action: Promote, job: JobView) -> CanaryStep:
+        parsed = self._checked(job)
+        canary = None if isinstance(parsed, str) else parsed.spec.promotion.canary
+        return promotion.first_step(action, canary)
+
+    def _canary_outcome(self, step: CanaryStep, status: CompressionStatus, job: JobView,
+                        verified: bool = False) -> CompressionStatus:
+        """The status after bringing the InferenceService to `step` (see _roll_out)."""
+        recorded = status.promotion.sha256 if status.promotion else {}
+        try:
+            rollout = self._roll_out(step, job, recorded, verified)
+        except PromotionRefused as error:
+            return promotion_refused(status, str(error), self._clock())
+        except DigestMismatch as error:  # final: retrying reads the same forged bytes
+            return promotion.rejected(status, DIGEST_MISMATCH, [str(error)], self._clock())
+        except Exception as error:  # a failed read or patch is reported, and retried
+            self.record_error(job, error)
+            return promotion_failed(status, str(error) or type(error).__name__, self._clock())
+        return rolled_out(status, rollout, self._clock())
+
+    def _roll_out(self, step: CanaryStep, job: JobView, recorded: Mapping[str, str],
+                  verified: bool) -> Rollout:
+        """Read the service (it must have opted in), patch it when it is not where `step`
+        asks, and say how far KServe got. Before a patch sends traffic to the model, its
+        bytes are checked against the run's record (unless the caller just did)."""
+        assert step.inference_service is not None
+        name, reference = step.inference_service, f"{job.namespace}/{job.name}"
+        service = promotion.opted_in_service(self._kserve_api, job.namespace, name)
+        change = promotion.rollout_change(service, step, reference)
+        if change.patch is None:
+            return promotion.observed_rollout(service, step, reference, change.stable_uri)
+        if step.state != "RolledBack" and not verified:
+            promotion.check_model(step.uri, recorded)
+        self._kserve_api.patch_namespaced_custom_object(
+            promotion.KSERVE_GROUP, promotion.KSERVE_VERSION, job.namespace,
+            promotion.KSERVE_PLURAL, name, change.patch)
+        return promotion.applied_rollout(step, change.stable_uri)
+
+    def _registry_refusal(self, job: JobView) -> str | None:
+        """Why the job's spec.promotion.registry may not be used from here (a registered
+        model outside its namespace's, no registry configured), or None."""
+        parsed = self._checked(job)
+        target = None if isinstance(parsed, str) else parsed.spec.promotion.registry
+        if target is None:
+            return None
+        refused = registered_model_refused(target.model, job.namespace, self._registry_models)
+        if refused:
+            return refused
+        try:
+            preflight()
+        except InvalidInput as error:
+            return str(error)
+        return None
+
+    def _register(self, output: str, status: CompressionStatus, job: JobView,
+                  recorded: Mapping[str, str]) -> RegisteredVersion | None:
+        """The job's model, read back and digest-verified, registered as spec.promotion
+        .registry says (keyed by the job's uid, so a retry makes no second version)."""
+        parsed = self._checked(job)
+        if isinstance(parsed, str) or parsed.spec.promotion.registry is None:
+            return None
+        target = parsed.spec.promotion.registry
+        assert status.results is not None  # a promotion follows a succeeded run
+        with tempfile.TemporaryDirectory(prefix="modelpress-register-") as scratch:
+            files = promotion.stage_verified(output, recorded, Path(scratch))
+            registration = registration_of(parsed, job.uid, files, recorded, status.results)
+            return register(self._open_registry(), target, registration)
 
     def _output_from_spec(self, job: JobView) -> str | None:
         parsed = self._checked(job)
@@ -312,6 +425,17 @@ class Controller:
         if written is None or written[0] != job.resource_version:
             return job
         return replace(job, status=written[1])
+
+    def _remember(self, job: JobView, after: CompressionStatus) -> None:
+        """Keep the status written (see _freshest) and the parsed spec of a job that will
+        change again; a settled one's go (it is synced again only after an edit, which
+        brings a new generation and a fresh body), so memory follows the jobs in flight."""
+        wire = after.to_wire()
+        if waiting_for(wire) is Waiting.EDIT:
+            self._written.pop(job.uid, None)
+            self._parsed.pop(job.uid, None)
+        else:
+            self._written[job.uid] = (job.resource_version, wire)
 
     def _lock_for(self, uid: str) -> threading.Lock:
         with self._locks_guard:

@@ -1,46 +1,72 @@
-"""kopf handlers: each hands the job to the controller and applies the status it returns.
+"""kopf handlers: thin entries into the controller and its ticker.
 
-A brand-new job gets its first status from the intake (no backend involved). Then
-create, resume (an operator restart), an edit of `spec.promotion`, and a polling timer all
-do the same thing, a sync; the controller keeps them from racing. Deleting a job runs the
-finalizer. The controller comes through kopf's `memo` (see main.run_operator).
+A brand-new job gets its first status from the intake (no backend involved), in kopf's
+first processing cycle. From then on one ticker (operator/ticker.py) syncs the jobs whose
+state can change (see operator/scheduling.py); the handlers only tell it what the watch
+stream brought: a job first seen (e.g. after a restart), an edit. Deleting a job runs the
+finalizer. The controller comes through kopf's `memo` (see main.run_operator); the ticker
+is made at startup and started by the first job event, whose context holds kopf's Event
+poster.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import kopf
 
-from modelpress.api import API_GROUP, API_VERSION
+from modelpress.api import API_GROUP, API_VERSION, KIND
 from modelpress.crd import PLURAL
 from modelpress.operator.config import OperatorSettings
-from modelpress.operator.controller import Controller, EventSink, view_of
+from modelpress.operator.controller import EventSink, view_of
 from modelpress.operator.reconcile import JobView
+from modelpress.operator.ticker import KubeStatusWriter, Ticker, kube_api
 
-# Read once at import: kopf needs the interval when the timer is declared.
-POLL_SECONDS = OperatorSettings().poll_interval_seconds
 RETRY_SECONDS = 10.0
 KOPF_PREFIX = f"kopf.{API_GROUP}"
 FINALIZER = f"{API_GROUP}/finalizer"
-T = TypeVar("T")
+
+
+class NoDiffBase(kopf.DiffBaseStorage):
+    """Keeps nothing. kopf stores each object's last handled spec to diff it for on.create
+    and on.update handlers; this operator has none (the ticker tells edits by generation),
+    and storing it cost every new job a second patch, and its watch event, in the burst in
+    which jobs wait for their phase (and a deep copy of every body). Deletion is told by
+    its timestamp, not a diff."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
+        return {}  # nothing to compare, so no deep copy of every body kopf receives
+
+    def fetch(self, *, body: kopf.Body) -> None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: Any) -> None:
+        return None
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Progress in annotations of kopf's own prefix (the status belongs to the job, and
-    modelpress.io/ annotations to the user), our finalizer name, only warnings of kopf's
-    own log turned into Events (ours are explicit), and one Event poster."""
+    modelpress.io/ annotations to the user), no diff base, our finalizer name, only
+    warnings of kopf's own log turned into Events (ours are explicit), one Event poster,
+    and the ticker."""
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=KOPF_PREFIX, key="last-handled-configuration")
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.posting.level = logging.WARNING
     # Events go out one at a time: when many jobs arrive at once, their statuses (the
     # first thing a user looks at) are not queued behind hundreds of Event posts.
     settings.posting.worker_limit = 1
+    operator = OperatorSettings()
+    memo.ticker = Ticker(memo.controller, KubeStatusWriter(kube_api()), _events_of_job,
+                         operator.poll_interval_seconds, workers=operator.sync_workers,
+                         may_act=memo.may_act)
+
+
+@kopf.on.cleanup()
+async def stop_ticking(memo: kopf.Memo, **_: Any) -> None:
+    await memo.ticker.stop()
 
 
 def _brand_new(body: kopf.Body, event: kopf.RawEvent, **_: Any) -> bool:
@@ -54,50 +80,40 @@ def _brand_new(body: kopf.Body, event: kopf.RawEvent, **_: Any) -> bool:
 @kopf.on.event(API_GROUP, API_VERSION, PLURAL, when=_brand_new)
 async def intake(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     """A new job's first status (Pending, or Failed for an invalid spec), written in the
-    processing cycle in which kopf adds its finalizer instead of a round trip later by the
-    create handler. Pure and quick, so it runs on the event loop."""
-    patch.status.update(memo.controller.accept(view_of(body), _events_of(body)))
+    processing cycle in which kopf adds its finalizer; the ticker admits it when a slot is
+    free. Pure and quick, so it runs on the event loop."""
+    job = view_of(body)
+    status = memo.controller.accept(job, _events_of(body))
+    patch.status.update(status)
+    memo.ticker.accepted(job, status)
+    memo.ticker.start()
 
 
-@kopf.on.create(API_GROUP, API_VERSION, PLURAL)
-@kopf.on.resume(API_GROUP, API_VERSION, PLURAL)
-@kopf.on.update(API_GROUP, API_VERSION, PLURAL, field="spec.promotion")
-def sync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    _sync(memo.controller, body, patch)
+def _news(body: kopf.Body, event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> bool:
+    """An event that tells the ticker something (most only echo its own status writes);
+    not a new job's (the intake's), nor one of a job being deleted (the finalizer's)."""
+    metadata = body.get("metadata", {})
+    return event.get("type") != "DELETED" and not metadata.get("deletionTimestamp") \
+        and not _brand_new(body, event) and bool(memo.ticker.is_news(view_of(body)))
 
 
-def _unsettled(status: kopf.Status, **_: Any) -> bool:
-    """Only a job in flight, or one whose promotion is unfinished, changes on its own."""
-    promotion = status.get("promotion") or {}
-    return status.get("phase") not in ("Succeeded", "Failed") \
-        or promotion.get("decision") == "Pending"
-
-
-@kopf.timer(API_GROUP, API_VERSION, PLURAL, interval=POLL_SECONDS, initial_delay=POLL_SECONDS,
-            when=_unsettled)
-def poll(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    _sync(memo.controller, body, patch)
+@kopf.on.event(API_GROUP, API_VERSION, PLURAL, when=_news)
+async def observe(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A job first seen (after a restart, or an edit of a settled one) or edited: the
+    ticker syncs it at once."""
+    memo.ticker.observe(view_of(body))
+    memo.ticker.start()
 
 
 @kopf.on.delete(API_GROUP, API_VERSION, PLURAL)
 def finalize(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     job = view_of(body)
-    _counted(memo.controller, job, lambda: memo.controller.delete(job, _events_of(body)))
-
-
-def _sync(controller: Controller, body: kopf.Body, patch: kopf.Patch) -> None:
-    job = view_of(body)
-    patch.status.update(_counted(controller, job,
-                                 lambda: controller.sync(job, _events_of(body))))
-
-
-def _counted(controller: Controller, job: JobView, work: Callable[[], T]) -> T:
-    """Run `work`; an error is counted in the metrics, then kopf retries the handler."""
     try:
-        return work()
-    except Exception as error:
-        controller.record_error(job, error)
-        raise kopf.TemporaryError(f"reconcile failed: {error}", delay=RETRY_SECONDS) from error
+        memo.controller.delete(job, _events_of(body))
+    except Exception as error:  # counted in the metrics, then kopf retries the handler
+        memo.controller.record_error(job, error)
+        raise kopf.TemporaryError(f"finalizing failed: {error}", delay=RETRY_SECONDS) from error
+    memo.ticker.forget(job.uid)
 
 
 def _events_of(body: kopf.Body) -> EventSink:
@@ -105,3 +121,11 @@ def _events_of(body: kopf.Body) -> EventSink:
         kopf.event(body, type=type_, reason=reason, message=message)
 
     return emit
+
+
+def _events_of_job(job: JobView) -> EventSink:
+    """Events about `job` from the ticker, which has its view rather than kopf's body."""
+    reference: kopf.RawBody = {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND,
+        "metadata": {"namespace": job.namespace, "name": job.name, "uid": job.uid}}
+    return _events_of(kopf.Body(reference))

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from modelpress.errors import InvalidInput
 from modelpress.operator.backends.base import Backend
 from modelpress.operator.config import OperatorSettings
 from modelpress.operator.controller import Controller
 from modelpress.operator.metrics import OperatorMetrics
+from modelpress.operator.peering import PeeringGate, own_identity
 from modelpress.operator.reconcile import Config
+from modelpress.operator.ticker import kube_api
 from modelpress.settings import get_settings
 from modelpress.tenancy import PROBE_NAMESPACE, expand, outside, template_error
 
@@ -20,6 +27,51 @@ LOCAL_IS_SINGLE_TENANT = (
     "the local backend runs every namespace's jobs inside the operator pod, with its "
     "credentials, and is for single-tenant installations: with --all-namespaces use --backend "
     "kfp, or set MODELPRESS_ALLOW_LOCAL_ALL_NAMESPACES=true")
+# A replica's peering priority when none is set is its seniority: this minus the microsecond
+# it started at. The replica that started first leads, so a newer one (a rolling update's, a
+# restarted pod's) never preempts a healthy leader and takes over only when it goes; and two
+# replicas practically never tie (kopf pauses both on a tie).
+SENIORITY_BASE = 10**16
+
+
+class PeeringSettings(BaseSettings):
+    """kopf peering between operator replicas (docs/operator-replicas.md), from
+    MODELPRESS_PEERING_* variables; without a name the operator runs standalone."""
+
+    model_config = SettingsConfigDict(env_prefix="MODELPRESS_PEERING_", extra="ignore")
+
+    name: str | None = Field(
+        default=None, description="The KopfPeering (or, with --all-namespaces, the "
+        "ClusterKopfPeering) the replicas share; it must exist.")
+    priority: int | None = Field(
+        default=None, ge=0,
+        description="The replica with the highest priority acts, the others pause. Default: "
+                    "its seniority, from the moment it started: the oldest replica leads.")
+    lifetime_seconds: int = Field(
+        default=60, ge=2, le=3600,
+        description="How long a replica's peering record counts as alive after its last "
+                    "refresh: how long the others wait before resuming when it stops.")
+
+
+def peering_options(peering: PeeringSettings, started_ns: int | None = None) -> dict[str, Any]:
+    """kopf.run's peering arguments: standalone without a peering name, else the peering,
+    this replica's identity and its priority (its seniority, from `started_ns`, when none
+    is set)."""
+    if peering.name is None:
+        return {"standalone": True}
+    priority = peering.priority if peering.priority is not None \
+        else SENIORITY_BASE - (started_ns or time.time_ns()) // 1000
+    return {"standalone": False, "peering_name": peering.name, "priority": priority,
+            "identity": own_identity()}
+
+
+def ticker_gate(options: dict[str, Any], namespace: str | None) -> Callable[[], bool]:
+    """What the ticker asks before each pass: always yes when standalone, else the peering
+    rule kopf applies to its own handlers (operator/peering.py)."""
+    if options["standalone"]:
+        return lambda: True
+    return PeeringGate(kube_api(), options["peering_name"], namespace, options["identity"],
+                       options["priority"]).may_act
 
 
 def run_operator(backend: str, namespace: str | None, all_namespaces: bool,
@@ -46,13 +98,20 @@ def run_operator(backend: str, namespace: str | None, all_namespaces: bool,
     prometheus_client.start_http_server(metrics_port, addr=settings.metrics_address,
                                         registry=metrics.registry)
     controller = Controller(chosen_backend, config, metrics,
-                            kserve_api=kserve_api() if settings.kserve_enabled else None)
+                            kserve_api=kube_api() if settings.kserve_enabled else None,
+                            registry_models=settings.registry_models)
     watched = [] if all_namespaces else [namespace or current_namespace()]
+    peering = PeeringSettings()
+    kopf_settings = kopf.OperatorSettings()
+    kopf_settings.peering.lifetime = peering.lifetime_seconds
     # uvloop: kopf's event handling is the operator's bottleneck when many jobs arrive at
     # once (benchmarks/load_operator.py); kopf's own CLI picks it the same way.
-    kopf.run(clusterwide=all_namespaces, namespaces=watched, standalone=True,
-             liveness_endpoint=settings.liveness_endpoint, memo=kopf.Memo(controller=controller),
-             loop=uvloop.new_event_loop())
+    options = peering_options(peering)
+    gate = ticker_gate(options, None if all_namespaces else watched[0])
+    kopf.run(clusterwide=all_namespaces, namespaces=watched, settings=kopf_settings,
+             liveness_endpoint=settings.liveness_endpoint,
+             memo=kopf.Memo(controller=controller, may_act=gate),
+             loop=uvloop.new_event_loop(), **options)
 
 
 def operator_config(settings: OperatorSettings, backend: str = "local") -> Config:
@@ -96,17 +155,6 @@ def make_backend(name: str, settings: OperatorSettings) -> Backend:
                           trust_model_code=trust_model_code,
                           max_deadline_seconds=settings.max_deadline_seconds)
     raise InvalidInput("--backend", f"unknown backend {name!r}: choose local or kfp")
-
-
-def kserve_api() -> Any:
-    """A CustomObjectsApi with the in-cluster config, else the kubeconfig."""
-    from kubernetes import client, config
-
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return client.CustomObjectsApi()
 
 
 def current_namespace() -> str:

@@ -9,6 +9,7 @@ transition), so `kubectl get` and alerts see stable timestamps.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
@@ -56,8 +57,23 @@ DIGEST_MISMATCH = "DigestMismatch"
 NO_RUN_RECORD = "NoRunRecord"
 # The annotation names an InferenceService in another namespace: no promotion at all.
 SERVICE_REFUSED = "InferenceServiceRefused"
+# spec.promotion.registry cannot be used: a model outside the namespace's, or no registry
+# configured (MLFLOW_TRACKING_URI). Final until the spec or the operator changes.
+REGISTRY_REFUSED = "RegistryRefused"
+# The registry did not answer or failed a request: the promotion stays Pending, retried.
+REGISTRY_UNAVAILABLE = "RegistryUnavailable"
 # The reason of the Event posted when a deleted job's run is stopped (no condition has it).
 TERMINATED = "Terminated"
+
+# The KServe rollout of a promoted model (promotion.py), mirrored from the InferenceService.
+CANARY_READY = "CanaryReady"
+AWAITING_KSERVE = "AwaitingKServe"  # KServe has not yet observed what modelpress set
+ROLLING_OUT = "RollingOut"  # the new revision is not ready, or not yet given its traffic
+ROLLOUT_FAILED = "RolloutFailed"  # KServe reports the new revision failed
+CANARY_SERVING = "CanaryServing"  # the canary serves its share of traffic
+CANARY_PROMOTED = "CanaryPromoted"  # the new model serves all traffic
+CANARY_ROLLED_BACK = "CanaryRolledBack"  # the previous model is back
+RolloutState = Literal["Canary", "Promoted", "RolledBack"]
 
 _FINISHED_STEP_PHASES = ("Succeeded", "Failed", "Skipped")
 
@@ -289,3 +305,73 @@ def promotion_failed(status: CompressionStatus, problem: str,
     """The gates passed but the copy or patch did not: the decision stays Pending (retried)."""
     return with_condition(status, PROMOTED, "False", PROMOTION_FAILED,
                           f"every gate passed but promoting failed (will retry): {problem}", now)
+
+
+# ------------------------------------------------------------- the KServe rollout
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """What modelpress set on an InferenceService (`state`, `uri`, `percent`; `stable_uri`
+    is what it served before) and what KServe reports of it (`ready`, `reason`, `message`:
+    the CanaryReady condition)."""
+
+    service: str
+    state: RolloutState
+    uri: str
+    stable_uri: str | None
+    percent: int
+    ready: ConditionStatus
+    reason: str
+    message: str
+
+
+def rolled_out(status: CompressionStatus, rollout: Rollout, now: datetime) -> CompressionStatus:
+    """`status` with the rollout recorded in status.promotion and mirrored in CanaryReady.
+
+    The decision is Promoted once KServe reports the canary serving its share (or, after a
+    promote, all traffic), and stays Pending while it rolls out, so the poll comes back to
+    look. A rollback makes it Rejected (a decision the gates made already keeps its reasons).
+    """
+    current = status.promotion or PromotionStatus(decision="Pending")
+    recorded = current.model_copy(update={
+        "canary_service": rollout.service, "canary_state": rollout.state,
+        "canary_uri": rollout.uri, "canary_traffic_percent": rollout.percent,
+        "stable_uri": rollout.stable_uri})
+    status = with_condition(status.model_copy(update={"promotion": recorded}), CANARY_READY,
+                            rollout.ready, rollout.reason, rollout.message, now)
+    if rollout.state == "RolledBack":
+        return _rolled_back(status, rollout, now)
+    if rollout.ready != "True":
+        status = _with_decision(status, "Pending")
+        return with_condition(status, PROMOTED, "Unknown", rollout.reason, rollout.message, now)
+    promoted_uri = recorded.promoted_uri
+    copied = f"copied to {promoted_uri}" if promoted_uri else ""
+    served = (f"InferenceService {rollout.service} serves it to all traffic"
+              if rollout.state == "Promoted" else
+              f"InferenceService {rollout.service} serves it to {rollout.percent}% of traffic "
+              "as a canary: set spec.promotion.canary.action to promote or rollback")
+    status = _with_decision(status, "Promoted")
+    return with_condition(status, PROMOTED, "True", MODEL_PROMOTED,
+                          "; ".join(filter(None, [copied, served])), now)
+
+
+def _rolled_back(status: CompressionStatus, rollout: Rollout, now: datetime) -> CompressionStatus:
+    """Rejected by the rollback; a rejection by the gates keeps its own reasons."""
+    assert status.promotion is not None
+    promoted = find_condition(status, PROMOTED)
+    if promoted is not None and promoted.reason == GATES_FAILED:
+        return status
+    why = (f"rolled back: InferenceService {rollout.service} serves "
+           f"{rollout.stable_uri or 'its previous model'} again")
+    reasons = [reason for reason in status.promotion.reasons if reason != why]
+    status = status.model_copy(update={"promotion": status.promotion.model_copy(
+        update={"decision": "Rejected", "reasons": [*reasons, why]})})
+    return with_condition(status, PROMOTED, "False", CANARY_ROLLED_BACK, why, now)
+
+
+def _with_decision(status: CompressionStatus, decision: Literal["Promoted", "Pending"]
+                   ) -> CompressionStatus:
+    assert status.promotion is not None
+    return status.model_copy(update={"promotion": status.promotion.model_copy(
+        update={"decision": decision})})

@@ -3,8 +3,8 @@
 task per pool (on that pool's nodes), report.
 
 Everything a step needs is decided here, when the pipeline is built: each compression task
-gets its own options (search candidates included: a ParallelFor over the searched step's
-options), auto quantization its bar and how to time recipes, each benchmark its pool.
+gets its own options (a search: the resolved spec its trials start from), auto quantization
+its bar and how to time recipes, each benchmark its pool.
 """
 
 
@@ -21,6 +21,7 @@ from modelpress.api import (
     Model,
     Pool,
     QuantizeStep,
+    Step,
     holds_credentials,
 )
 from modelpress.errors import InvalidInput
@@ -147,12 +148,19 @@ def latency_probe(spec: CompressionSpec) -> LatencyProbe:
                         threads=cpu_pools[0].threads if cpu_pools else 1)
 
 
-def candidate_options(spec: CompressionSpec) -> list[Model]:
-    """The searched step's options once per candidate value, in the order of search.values,
-    resolved like any step's options."""
-    searched = spec.searched_option()
-    assert searched is not None
-    return [resolved_options(spec, options) for options in spec.step_variants(searched[0])]
+def searched_spec(spec: CompressionSpec) -> CompressionSpec:
+    """What a search's trials start from: the spec with every step's options resolved (a
+    trial's own auto quantization gets `auto_bar`)."""
+    steps = [Step.model_validate({step.kind: resolved_options(spec, step.options)})
+             for step in spec.steps]
+    return spec.model_copy(update={"steps": steps})
+
+
+def auto_bar(spec: CompressionSpec) -> float:
+    """The bar a trial's auto quantization gets when its step sets none."""
+    bar = resolved_options(spec, QuantizeStep(mode="auto")).max_accuracy_drop  # type: ignore[attr-defined]
+    assert bar is not None
+    return float(bar)
 
 
 def _json(model: Model) -> str:
@@ -185,9 +193,8 @@ def _compression_task(ops: dict[str, Any], step: PlannedStep, options: Any, prob
 
 
 def _compress_and_validate(ops: dict[str, Any], spec: CompressionSpec, plan: list[PlannedStep],
-                           flow: Flow, searched: tuple[int, Any] | None) -> Flow:
-    """The spec's steps, then validate; `searched`: (index, options) of the step whose
-    options a search candidate sets (the ParallelFor's item)."""
+                           flow: Flow) -> Flow:
+    """The spec's steps, then validate."""
     probe = _json(latency_probe(spec))
     for step in plan:
         if step.kind == "validate":
@@ -196,30 +203,20 @@ def _compress_and_validate(ops: dict[str, Any], spec: CompressionSpec, plan: lis
                                       ledger_in=flow.ledger).set_display_name(step.name)
             return replace(flow, model=task.outputs["compressed"], ledger=task.outputs["ledger"])
         assert step.index is not None
-        options = searched[1] if searched and searched[0] == step.index else \
-            _json(resolved_options(spec, spec.steps[step.index].options))
+        options = _json(resolved_options(spec, spec.steps[step.index].options))
         flow = _compression_task(ops, step, options, probe, flow)
     raise AssertionError("the plan always validates after the spec's steps")
 
 
-def _search(ops: dict[str, Any], spec: CompressionSpec, plan: list[PlannedStep],
-            flow: Flow) -> Flow:
-    """Every candidate's chain in a ParallelFor, then select keeps one model (or the
-    original) and the ledger that led to it."""
-    from kfp import dsl
-
-    searched = spec.searched_option()
-    assert spec.search is not None and searched is not None
-    items = [_json(options) for options in candidate_options(spec)]
-    chain = [step for step in plan if step.in_chain]
-    with dsl.ParallelFor(items=items, parallelism=2) as candidate:
-        measured = _compress_and_validate(ops, spec, chain, flow,
-                                          (searched[0], candidate))
+def _search(ops: dict[str, Any], spec: CompressionSpec, plan: list[PlannedStep], flow: Flow,
+            output: Any) -> Flow:
+    """One select task runs every trial in sequence (docs/search.md says why) and keeps one
+    model (or the original) and the ledger that led to it."""
     select = next(step for step in plan if step.kind == "select")
-    chosen = ops["select_op"](name=select.name, search=_json(spec.search),
-                              probe=_json(latency_probe(spec)), original=flow.original,
-                              datasets=flow.datasets, models=dsl.Collected(measured.model),
-                              ledgers=dsl.Collected(measured.ledger))
+    chosen = ops["select_op"](name=select.name, spec=_json(searched_spec(spec)),
+                              probe=_json(latency_probe(spec)), auto_bar=auto_bar(spec),
+                              output=output, original=flow.original, datasets=flow.datasets,
+                              ledger_in=flow.ledger)
     chosen.set_display_name(select.name)
     return replace(flow, model=chosen.outputs["compressed"], ledger=chosen.outputs["ledger"])
 
@@ -271,10 +268,9 @@ def build_pipeline(job: CompressionJob, output: str, *, trust_model_code: bool =
         flow = Flow(original=fetched.outputs["original"], datasets=fetched.outputs["datasets"],
                     model=fetched.outputs["original"], ledger=fetched.outputs["ledger"])
         if spec.search is None:
-            flow = _compress_and_validate(ops, spec, [s for s in plan if s.in_chain], flow,
-                                          None)
+            flow = _compress_and_validate(ops, spec, [s for s in plan if s.in_chain], flow)
         else:
-            flow = _search(ops, spec, plan, flow)
+            flow = _search(ops, spec, plan, flow, output_uri)
         flow = _benchmarks(ops, spec, plan, flow)
         ops["report_op"](name=last.name, job_name=job.metadata.name, output=output_uri,
                          promotion=_json(spec.promotion), original=flow.original,

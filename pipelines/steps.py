@@ -1,12 +1,13 @@
 """The one owner of step names and order.
 
-A run of a job goes through: fetch, each of the spec's steps in order, validate, (select,
-with a search), one benchmark per pool, report. The pipeline's task display names, the
-names each step records in the ledger and its progress events, the operator's planned
-steps in status, and the KFP backend's task filter all come from here.
+A run of a job goes through: fetch, each of the spec's steps in order, validate (with a
+search: select instead, which runs them in its trials), one benchmark per pool, report.
+The pipeline's task display names, the names each step records in the ledger and its
+progress events, the operator's planned steps in status, and the KFP backend's task filter
+all come from here.
 
-A name may repeat (two prune steps, or the steps of every search candidate); consumers
-match the n-th observation of a name to its n-th planned entry.
+A name may repeat (two prune steps); consumers match the n-th observation of a name to its
+n-th planned entry.
 """
 
 from __future__ import annotations
@@ -36,19 +37,20 @@ class PlannedStep:
 
     @property
     def in_chain(self) -> bool:
-        """Whether it is one of the steps that make and validate a model (with a search:
-        they run once for every candidate)."""
+        """Whether it is one of the steps that make and validate a model (a search runs
+        them inside select instead, once per trial)."""
         return self.index is not None or self.kind == "validate"
 
 
 def planned_steps(spec: CompressionSpec) -> list[PlannedStep]:
     """Every step a run of `spec` goes through, in order."""
     plan = [PlannedStep(FETCH, "fetch")]
-    plan += [PlannedStep(step.kind, step.kind, index=index)  # type: ignore[arg-type]
-             for index, step in enumerate(spec.steps)]
-    plan.append(PlannedStep(VALIDATE, "validate"))
-    if spec.search is not None:
+    if spec.search is not None:  # its trials run the steps and validate inside it
         plan.append(PlannedStep(SELECT, "select"))
+    else:
+        plan += [PlannedStep(step.kind, step.kind, index=index)  # type: ignore[arg-type]
+                 for index, step in enumerate(spec.steps)]
+        plan.append(PlannedStep(VALIDATE, "validate"))
     plan += [PlannedStep(BENCHMARK_PREFIX + pool.name, "benchmark", pool=pool.name)
              for pool in spec.benchmark.pools]
     plan.append(PlannedStep(REPORT, "report"))

@@ -88,8 +88,10 @@ class LocalBackend:
         self.runner = runner
         self.trust_model_code = trust_model_code
         self._workers: dict[str, subprocess.Popen[bytes]] = {}
-        # Runs known to have ended: a run never restarts, so their folders need no more I/O.
-        self._ended: set[str] = set()
+        # Runs that may be in flight: found by one look through the workdir (runs started
+        # before a restart), then kept up to date here, so counting them costs in
+        # proportion to the runs in flight, not to every run folder ever made.
+        self._maybe_live: set[str] | None = None
         self._namespaces: dict[str, str] = {}  # run folder -> its job's namespace
         self.workdir.mkdir(parents=True, exist_ok=True)
 
@@ -111,6 +113,7 @@ class LocalBackend:
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
         self._workers[run_id] = worker
+        self._live_run_ids().add(run_id)
         _write_record(folder / "worker.json", WorkerRecord(pid=worker.pid,
                                                            started_at=time.time()))
         return run_id
@@ -157,22 +160,32 @@ class LocalBackend:
         return self.runs_in_flight() < self.max_runs
 
     def runs_in_flight(self) -> int:
-        """Live workers. Called on every sync of a queued job, so ended runs cost nothing."""
+        """Live workers. Called for every queued job admitted, so ended runs cost nothing."""
         return sum(1 for _ in self._live_runs())
 
     def runs_in_namespace(self, namespace: str) -> int:
         return sum(1 for folder in self._live_runs() if self._namespace_of(folder) == namespace)
 
     def _live_runs(self) -> Iterator[Path]:
-        for folder in self.workdir.iterdir():
-            if folder.name in self._ended:
-                continue
+        live = self._live_run_ids()
+        for run_id in list(live):
+            folder = self.workdir / run_id
             if (folder / "exit.json").exists():
-                self._ended.add(folder.name)
+                live.discard(run_id)
                 continue
             worker = _read_record(folder / "worker.json", WorkerRecord)
-            if worker and self._alive(folder.name, worker.pid):
+            if worker is None:
+                continue  # being started (counted as it was before a restart: not yet)
+            if self._alive(run_id, worker.pid):
                 yield folder
+            else:
+                live.discard(run_id)
+
+    def _live_run_ids(self) -> set[str]:
+        if self._maybe_live is None:
+            self._maybe_live = {folder.name for folder in self.workdir.iterdir()
+                                if folder.is_dir() and not (folder / "exit.json").exists()}
+        return self._maybe_live
 
     def _namespace_of(self, folder: Path) -> str | None:
         """The namespace of the job a run folder holds, read once (it never changes)."""

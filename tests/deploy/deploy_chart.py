@@ -78,5 +78,13 @@ PROMETHEUS_RULE_SCHEMA = _object({
     }, ["name", "rules"])}}, ["groups"]),
 }, ["apiVersion", "kind", "metadata", "spec"])
 
+# kopf's peering object (kopf.dev/v1): a name, and a namespace unless cluster-wide.
+PEERING_SCHEMA = _object({
+    "apiVersion": {"const": "kopf.dev/v1"},
+    "kind": {"enum": ["KopfPeering", "ClusterKopfPeering"]},
+    "metadata": {**_METADATA, "required": ["name"]},
+}, ["apiVersion", "kind", "metadata"])
+
 CUSTOM_SCHEMAS = {"ServiceMonitor": SERVICE_MONITOR_SCHEMA,
-                  "PrometheusRule": PROMETHEUS_RULE_SCHEMA}
+                  "PrometheusRule": PROMETHEUS_RULE_SCHEMA,
+                  "KopfPeering": PEERING_SCHEMA, "ClusterKopfPeering": PEERING_SCHEMA}

@@ -132,6 +132,9 @@ HOSTILE: dict[str, tuple[dict[str, Any], str]] = {
     "eval-from-the-pod": ({"data": {"eval": "file:///etc/passwd"}}, "spec.data.eval"),
     "train-dot-dot": ({"data": {"eval": "builtin://digits?split=test",
                                 "train": f"{TEAM_A}/../team-b/train.npz"}}, "spec.data.train"),
+    "validation-from-team-b": ({"data": {"eval": "builtin://digits?split=test",
+                                         "validation": "s3://modelpress/team-b/v.npz"}},
+                               "spec.data.validation"),
     "disallowed-image": ({"image": "docker.io/attacker/steal:latest"}, "spec.image"),
     "long-condition": ({"promotion": {"condition": LONGEST_CONDITION + " "}},
                        "spec.promotion.condition"),
@@ -174,7 +177,7 @@ def test_every_expression_compiles(default_policy: dict[str, Any]) -> None:
     spec = default_policy["spec"]
     expressions = [item["expression"] for key in ("matchConditions", "variables", "validations")
                    for item in spec[key]]
-    assert len(expressions) == 11
+    assert len(expressions) == 13
     for expression in expressions:
         celpy.Environment().compile(expression)  # CELParseError on a syntax error
 

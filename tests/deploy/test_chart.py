@@ -26,7 +26,7 @@ from deploy_chart import (
 from deploy_promql import DASHBOARDS, RULES
 
 from modelpress.operator.config import OperatorSettings
-from modelpress.operator.main import operator_config
+from modelpress.operator.main import PeeringSettings, operator_config
 from modelpress.settings import Settings
 
 WARNING = 2  # helm lint's severities: 1 info, 2 warning, 3 error
@@ -65,13 +65,15 @@ def test_renders_what_each_values_file_enables(values_name: str,
                                                manifests: list[dict[str, Any]]) -> None:
     kinds = sorted(document["kind"] for document in manifests)
     expected = {
-        "default": ["CustomResourceDefinition", "Deployment", "Role", "RoleBinding",
-                    "Service", "ServiceAccount", "ValidatingAdmissionPolicy",
+        "default": ["CustomResourceDefinition", "CustomResourceDefinition",
+                    "CustomResourceDefinition", "Deployment", "KopfPeering", "Role",
+                    "RoleBinding", "Service", "ServiceAccount", "ValidatingAdmissionPolicy",
                     "ValidatingAdmissionPolicyBinding"],
-        "kfp-gpu": ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "ConfigMap",
-                    "ConfigMap", "CustomResourceDefinition", "Deployment", "PrometheusRule",
-                    "Service", "ServiceAccount", "ServiceMonitor", "ValidatingAdmissionPolicy",
-                    "ValidatingAdmissionPolicyBinding"],
+        "kfp-gpu": ["ClusterKopfPeering", "ClusterRole", "ClusterRoleBinding", "ConfigMap",
+                    "ConfigMap", "ConfigMap", "CustomResourceDefinition",
+                    "CustomResourceDefinition", "CustomResourceDefinition", "Deployment",
+                    "PrometheusRule", "Service", "ServiceAccount", "ServiceMonitor",
+                    "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"],
     }
     assert kinds == expected[values_name]
 
@@ -138,9 +140,9 @@ def test_deployment_is_hardened(manifests: list[dict[str, Any]]) -> None:
     assert "memory" in container["resources"]["limits"]
     writable = {mount["mountPath"] for mount in container["volumeMounts"]}
     assert "/tmp" in writable and env_of(container)["HOME"]["value"] == "/tmp"
-    # kopf runs standalone: never two operators at once, not even during a rollout.
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    # Two replicas peering through kopf (tests/deploy/test_chart_replicas.py).
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
 
 
 def test_the_local_backend_runs_in_the_step_image(manifests: list[dict[str, Any]],
@@ -157,6 +159,7 @@ def test_every_setting_the_chart_sets_exists(manifests: list[dict[str, Any]]) ->
     """A MODELPRESS_* variable the settings do not define would be silently ignored."""
     known = {f"MODELPRESS_{name.upper()}"
              for model in (OperatorSettings, Settings) for name in model.model_fields}
+    known |= {f"MODELPRESS_PEERING_{name.upper()}" for name in PeeringSettings.model_fields}
     names = set(env_of(operator_container(manifests)))
     assert {name for name in names if name.startswith("MODELPRESS_")} <= known
 
@@ -279,7 +282,12 @@ OPERATOR_RULES = {
     ("modelpress.io", "compressionjobs", "patch"),
     ("modelpress.io", "compressionjobs/status", "patch"),
     ("", "events", "create"),
+    # kopf peering between the replicas: the KopfPeering of the watched namespace
+    *(("kopf.dev", "kopfpeerings", verb) for verb in ("get", "list", "watch", "patch")),
 }
+# ... or, watching every namespace, the ClusterKopfPeering.
+CLUSTER_RULES = {rule for rule in OPERATOR_RULES if rule[0] != "kopf.dev"} | {
+    ("kopf.dev", "clusterkopfpeerings", verb) for verb in ("get", "list", "watch", "patch")}
 KSERVE_RULES = {("serving.kserve.io", "inferenceservices", "get"),
                 ("serving.kserve.io", "inferenceservices", "patch")}
 
@@ -287,8 +295,8 @@ KSERVE_RULES = {("serving.kserve.io", "inferenceservices", "get"),
 @pytest.mark.parametrize(("values", "kind", "rules"), [
     ({}, "Role", OPERATOR_RULES),
     ({"promotion": {"kserve": {"enabled": True}}}, "Role", OPERATOR_RULES | KSERVE_RULES),
-    ({"backend": "kfp", "watch": {"allNamespaces": True}}, "ClusterRole", OPERATOR_RULES),
-    (VALUES["kfp-gpu"], "ClusterRole", OPERATOR_RULES | KSERVE_RULES),
+    ({"backend": "kfp", "watch": {"allNamespaces": True}}, "ClusterRole", CLUSTER_RULES),
+    (VALUES["kfp-gpu"], "ClusterRole", CLUSTER_RULES | KSERVE_RULES),
 ], ids=["namespaced", "namespaced-kserve", "cluster-wide", "kfp-gpu"])
 def test_rbac_grants_exactly_what_the_operator_uses(values: dict[str, Any], kind: str,
                                                     rules: set[tuple[str, str, str]]) -> None:

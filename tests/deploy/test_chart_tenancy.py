@@ -9,7 +9,7 @@ import helm_python as helm
 import kubernetes_validate
 import pytest
 from deploy_chart import KUBERNETES_VERSIONS, NAMESPACE, by_kind, render
-from test_chart import KSERVE_RULES, OPERATOR_RULES, env_of, operator_container
+from test_chart import CLUSTER_RULES, KSERVE_RULES, OPERATOR_RULES, env_of, operator_container
 
 from modelpress.settings import Settings
 
@@ -60,7 +60,7 @@ def test_kserve_permissions_can_be_bound_per_namespace() -> None:
                         "promotion": {"kserve": {"enabled": True,
                                                  "namespaces": ["team-a", "team-b"]}}})
     [cluster_role] = by_kind(manifests, "ClusterRole")
-    assert _granted(cluster_role) == OPERATOR_RULES  # no KServe access cluster-wide
+    assert _granted(cluster_role) == CLUSTER_RULES  # no KServe access cluster-wide
     roles = by_kind(manifests, "Role")
     bindings = by_kind(manifests, "RoleBinding")
     assert sorted(role["metadata"]["namespace"] for role in roles) == ["team-a", "team-b"]

@@ -28,6 +28,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 {{- end -}}
 
+{{/* The kopf peering object the replicas share. */}}
+{{- define "modelpress.peeringName" -}}
+{{- default (include "modelpress.fullname" .) .Values.peering.name -}}
+{{- end -}}
+
 {{/* The namespace whose jobs the operator watches (namespaced mode). */}}
 {{- define "modelpress.watchNamespace" -}}
 {{- default .Release.Namespace .Values.watch.namespace -}}
@@ -76,6 +81,16 @@ modelpress-operator
 {{- end }}
 - name: MODELPRESS_POLL_INTERVAL_SECONDS
   value: {{ .Values.operator.pollIntervalSeconds | quote }}
+- name: MODELPRESS_PEERING_NAME
+  value: {{ include "modelpress.peeringName" . | quote }}
+- name: MODELPRESS_PEERING_LIFETIME_SECONDS
+  value: {{ .Values.peering.lifetimeSeconds | quote }}
+{{- /* kopf names each replica's peering record after its pod; no priority is set, so each
+replica's is its seniority, from when it started: the oldest leads (operator/main.py). */}}
+- name: POD_ID
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
 - name: MODELPRESS_KSERVE_ENABLED
   value: {{ .Values.promotion.kserve.enabled | quote }}
 - name: MODELPRESS_ALLOWED_FILE_ROOTS

@@ -6,7 +6,8 @@ and field selectors, server-side Tables for the printer columns), get, create (u
 resourceVersion, generation, creationTimestamp, 201), PUT, merge and JSON PATCH, a separate status
 subresource, DELETE with finalizers, and watches from a resourceVersion (JSON lines, with
 the initial BOOKMARK a `sendInitialEvents` watch waits for). There is no admission,
-schema validation, auth, or garbage collection.
+schema validation, auth, or garbage collection. More custom resources can be added while it
+runs (`add_crds`), e.g. kopf's peering ones for an operator with more than one replica.
 """
 
 from __future__ import annotations
@@ -83,6 +84,30 @@ class KubeStandIn:
             return function()
 
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout=10)
+
+    def add_crds(self, crds: list[Json]) -> None:
+        """Serve more custom resources (e.g. kopf's peering ones) from now on: a client's
+        discovery finds them, as after `kubectl apply` of their CRDs."""
+        def register() -> None:
+            for crd in crds:
+                self.store.kinds.append(kind_of_crd(crd))
+                self.store.create(self._kind("customresourcedefinitions"), None,
+                                  copy.deepcopy(crd))
+
+        self.crds = [*self.crds, *crds]
+        self.call(register)
+
+    def create(self, plural: str, namespace: str | None, body: Json) -> Json:
+        """Create an object as a client's POST would."""
+        return self.call(lambda: self.store.create(self._kind(plural), namespace,
+                                                   copy.deepcopy(body)))
+
+    def replace(self, plural: str, namespace: str | None, body: Json) -> Json:
+        """Replace an object whole as a PUT would (status included for a kind without a
+        status subresource): how a test plays another controller, e.g. KServe's."""
+        name = body["metadata"]["name"]
+        return self.call(lambda: self.store.update(self._kind(plural), namespace, name,
+                                                   copy.deepcopy(body), None))
 
     def objects(self, plural: str, namespace: str | None = None) -> list[Json]:
         return self.call(lambda: self.store.listed(self._kind(plural), namespace, {}))

@@ -189,3 +189,61 @@ def running_operator(cluster: Cluster, all_namespaces: bool = False) -> Iterator
     running.start()
     yield running
     running.stop()
+
+
+# ------------------------------------------------------------------ replicas (kopf peering)
+
+PEERING_CRDS = [yaml.safe_load((CRD.parent / name).read_text())
+                for name in ("kopfpeerings.yaml", "clusterkopfpeerings.yaml")]
+PEERING = "modelpress"
+
+
+def start_peered_cluster(root: Path, lifetime_seconds: int, **settings: str) -> Cluster:
+    """start_cluster, with kopf's peering CRDs and the KopfPeering of namespace default
+    (as the chart creates them), and operators told to peer through it."""
+    cluster = start_cluster(root, MODELPRESS_PEERING_NAME=PEERING,
+                            MODELPRESS_PEERING_LIFETIME_SECONDS=str(lifetime_seconds),
+                            **settings)
+    cluster.api.add_crds(PEERING_CRDS)
+    cluster.api.create("kopfpeerings", "default",
+                       {"metadata": {"name": PEERING, "namespace": "default"}})
+    return cluster
+
+
+class Replica(Operator):
+    """One of several operator processes on the same cluster: its own pod name (kopf's
+    peering identity), peering priority, metrics and liveness ports, and log."""
+
+    def __init__(self, cluster: Cluster, name: str, priority: int) -> None:
+        super().__init__(cluster)
+        self.name, self.priority = name, priority
+        self.metrics_port, self.liveness_port = free_port(), free_port()
+
+    def start(self) -> None:
+        self.starts += 1
+        env = {**self.cluster.env, "POD_ID": self.name,
+               "MODELPRESS_PEERING_PRIORITY": str(self.priority),
+               "MODELPRESS_LIVENESS_ENDPOINT":
+                   f"http://127.0.0.1:{self.liveness_port}/healthz"}
+        command = ("from modelpress.operator.main import run_operator; "
+                   f"run_operator('local', 'default', False, {self.metrics_port})")
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-c", command], env=env,
+                                            cwd=self.cluster.root, stdout=log,
+                                            stderr=subprocess.STDOUT)
+        wait_until(f"{self.name}'s liveness endpoint", self.live, timeout=60)
+
+    @property
+    def log(self) -> Path:
+        return self.cluster.root / f"{self.name}.log"
+
+    def logged(self, text: str) -> bool:
+        return self.log.is_file() and text in self.log.read_text(errors="replace")
+
+    def live(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz",
+                                        timeout=2) as answer:
+                return bool(answer.status == 200)
+        except OSError:
+            return False

@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from operator_cluster import Cluster, Operator, running_operator, start_cluster, wait_until
@@ -55,7 +56,32 @@ def finished(cluster: Cluster, operator: Operator) -> str:
     operator.start()
     wait_until("the job to finish", lambda: cluster.status(name).get("phase") in (
         "Succeeded", "Failed"), timeout=RUN_TIMEOUT_S)
+    wait_until("the canary", lambda: "canaryTrafficPercent" in _service(cluster)["spec"][
+        "predictor"] or cluster.status(name).get("phase") == "Failed")
+    _kserve_reports_the_canary(cluster)
+    wait_until("the promotion", lambda: cluster.status(name).get("promotion", {}).get(
+        "decision") != "Pending", timeout=30)
     return name
+
+
+def _service(cluster: Cluster) -> dict[str, Any]:
+    [service] = cluster.api.objects("inferenceservices", "default")
+    return service
+
+
+def _kserve_reports_the_canary(cluster: Cluster) -> None:
+    """Play KServe's controller: the canary revision is ready with its 10% of traffic."""
+    service = _service(cluster)
+    service["status"] = {
+        "observedGeneration": service["metadata"]["generation"],
+        "components": {"predictor": {
+            "latestCreatedRevision": "digits-predictor-00002",
+            "latestReadyRevision": "digits-predictor-00002",
+            "latestRolledoutRevision": "digits-predictor-00001",
+            "traffic": [{"revisionName": "digits-predictor-00001", "percent": 90},
+                        {"revisionName": "digits-predictor-00002", "percent": 10,
+                         "latestRevision": True}]}}}
+    cluster.api.replace("inferenceservices", "default", service)
 
 
 def test_kubectl_get_shows_the_outcome(cluster: Cluster, finished: str) -> None:
@@ -93,16 +119,18 @@ def test_the_promoted_model_is_at_the_target(cluster: Cluster, finished: str) ->
     assert (target / "model.onnx").is_file() and (target / "results.json").is_file()
     conditions = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
     assert conditions == {"Succeeded": ("True", "RunSucceeded"),
-                          "Promoted": ("True", "Promoted")}
+                          "Promoted": ("True", "Promoted"),
+                          "CanaryReady": ("True", "CanaryServing")}
 
 
 def test_the_inference_service_serves_the_promoted_model(cluster: Cluster,
                                                         finished: str) -> None:
-    (service,) = cluster.api.objects("inferenceservices", "default")
-    model = service["spec"]["predictor"]["model"]
-    assert model == {"modelFormat": {"name": "onnx"},
-                     "storageUri": (cluster.root / "production").as_uri()}
-    assert "InferenceService digits now serves it" in next(
+    """As a canary (docs/kserve-canary.md), not an in-place patch."""
+    assert _service(cluster)["spec"]["predictor"] == {
+        "canaryTrafficPercent": 10,
+        "model": {"modelFormat": {"name": "onnx"},
+                  "storageUri": (cluster.root / "production").as_uri()}}
+    assert "InferenceService digits serves it to 10% of traffic as a canary" in next(
         c["message"] for c in cluster.status(finished)["conditions"] if c["type"] == "Promoted")
 
 

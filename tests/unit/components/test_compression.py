@@ -128,14 +128,19 @@ def test_distill_trains_a_named_student_and_reports_kd_against_labels_only(tmp_p
     manifest = Manifest(format="bundle", task="classification", inputs=["x"],
                         architecture="builtin://digits-cnn")
     save_torch(teacher, tmp_path / "original", manifest)
+    from modelpress.components.splits import carve_rows, taken
+
     options = DistillStep(student="builtin://digits-mlp", epochs=3, learning_rate=3e-3)
+    train = zoo.digits("train")
+    kept, carved = carve_rows(len(train["y"]))
     result = distill(tmp_path / "original", tmp_path / "original", options,
-                     zoo.digits("train"), tmp_path / "student")
+                     taken(train, kept), tmp_path / "student", taken(train, carved))
+    assert result.holdout_rows == len(carved)  # the pick was made on the validation split
     assert read_manifest(tmp_path / "student").architecture == "builtin://digits-mlp"
     assert result.kept in ("kd", "labels-only")
-    assert result.holdout_accuracy_kd is not None and result.holdout_accuracy_kd > 0.8
+    assert result.holdout_accuracy_kd is not None and result.holdout_accuracy_kd > 0.7
     assert result.holdout_accuracy_labels_only is not None
-    assert result.holdout_accuracy_labels_only > 0.8
+    assert result.holdout_accuracy_labels_only > 0.7
     assert result.seconds > 0 and result.message.startswith(f"kept {result.kept}")
     student = load_torch(tmp_path / "student")
     assert sum(p.numel() for p in student.parameters()) < 5000

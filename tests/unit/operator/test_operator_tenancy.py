@@ -239,7 +239,10 @@ def test_an_inference_service_that_has_not_opted_in_is_left_alone() -> None:
     assert services.patches == [] and copier.copies == []
     services.service["metadata"]["labels"] = {"modelpress.io/promotion": "enabled"}
     view = apply(view, controller.sync(view, Events()))  # the poll after the owners opt in
-    assert view.status is not None and view.status["promotion"]["decision"] == "Promoted"
+    # Copied, and out to the service as a canary: Pending until KServe reports it serving
+    # (tests/unit/operator/test_canary.py).
+    assert view.status is not None and view.status["promotion"]["decision"] == "Pending"
+    assert view.status["promotion"]["canaryState"] == "Canary"
     assert services.patches == [("team-a", "digits")]
     assert copier.copies == [("s3://modelpress/team-a/digits/", "s3://modelpress/team-a/prod/")]
 

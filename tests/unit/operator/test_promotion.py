@@ -1,4 +1,4 @@
-"""The promotion gate, every outcome; the copy to the target; the KServe patch."""
+"""The promotion gate, every outcome; the copy to the target; the KServe canary patch."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from modelpress.api import Promotion
 from modelpress.errors import StoreError
 from modelpress.gates import condition_error, judge
 from modelpress.operator.promotion import (
+    CanaryStep,
     copy_to_target,
-    patch_inference_service,
     promoted_files,
+    rollout_change,
 )
 from modelpress.store import sha256_of
 
@@ -136,33 +137,21 @@ def test_copy_without_a_model_fails_and_copies_nothing(tmp_path: Path) -> None:
     assert not target.exists() or not any(target.iterdir())
 
 
-class FakeCustomObjects:
-    """Stands in for kubernetes.client.CustomObjectsApi: records what was patched."""
-
-    def __init__(self, predictor: dict[str, Any],
-                 labels: dict[str, str] | None = None) -> None:
-        opted_in = {"modelpress.io/promotion": "enabled"}
-        self.service = {"metadata": {"labels": opted_in if labels is None else labels},
-                        "spec": {"predictor": predictor}}
-        self.patches: list[tuple[str, str, dict[str, Any]]] = []
-
-    def get_namespaced_custom_object(self, group: str, version: str, namespace: str,
-                                     plural: str, name: str) -> dict[str, Any]:
-        assert (group, version, plural) == ("serving.kserve.io", "v1beta1", "inferenceservices")
-        return self.service
-
-    def patch_namespaced_custom_object(self, group: str, version: str, namespace: str,
-                                       plural: str, name: str, body: dict[str, Any]) -> None:
-        self.patches.append((namespace, name, body))
-
-
 @pytest.mark.parametrize(("predictor", "block"), [
     ({"model": {"modelFormat": {"name": "onnx"}, "storageUri": "s3://old"}}, "model"),
     ({"onnx": {"storageUri": "s3://old"}}, "onnx"),
     ({}, "model"),
 ])
-def test_inference_service_patch(predictor: dict[str, Any], block: str) -> None:
-    api = FakeCustomObjects(predictor)
-    patch_inference_service(api, "serving", "digits", "s3://models/digits/prod")
-    assert api.patches == [("serving", "digits", {"spec": {"predictor": {
-        block: {"storageUri": "s3://models/digits/prod"}}}})]
+def test_the_inference_service_gets_a_canary_not_an_in_place_patch(
+        predictor: dict[str, Any], block: str) -> None:
+    """The new storageUri goes out with canaryTrafficPercent (KServe keeps the revision that
+    served all traffic as the stable one), in whichever block holds the storageUri."""
+    service = {"metadata": {"name": "digits"}, "spec": {"predictor": predictor}}
+    step = CanaryStep(output="s3://out/", target="s3://models/digits/prod",
+                      inference_service="digits", uri="s3://models/digits/prod", percent=20)
+    change = rollout_change(service, step, "serving/digits-int8")
+    assert change.patch == {
+        "metadata": {"annotations": {"modelpress.io/promotion": "serving/digits-int8"}},
+        "spec": {"predictor": {block: {"storageUri": "s3://models/digits/prod"},
+                               "canaryTrafficPercent": 20}}}
+    assert change.stable_uri == predictor.get(block, {}).get("storageUri")

@@ -14,11 +14,11 @@ from modelpress.errors import InvalidInput
 from modelpress.jobfile import load_job
 from modelpress.pipelines.build import (
     DEFAULT_AUTO_BAR,
-    candidate_options,
     compile_pipeline,
     latency_probe,
     resolved_options,
     run_deadline,
+    searched_spec,
 )
 from modelpress.records import LatencyProbe
 
@@ -75,28 +75,26 @@ def test_auto_quantization_bar_and_probe_are_set_when_built() -> None:
     assert latency_probe(job.spec) == LatencyProbe(batch_size=32, threads=1)
 
 
-def test_search_candidates_are_options_fixed_when_built(tmp_path: Path) -> None:
+def test_a_search_is_one_select_task_given_the_resolved_spec(tmp_path: Path) -> None:
     pipeline = _compiled(tmp_path, "digits-search.yaml")[0]
-    loop = _task(pipeline, "for-loop-2")
-    items = [json.loads(item) for item in json.loads(loop["parameterIterator"]["items"]["raw"])]
-    assert [item["sparsity"] for item in items] == [0.3, 0.5, 0.7, 0.9]
-    assert all(item["structured"] for item in items)
-    assert loop["iteratorPolicy"]["parallelismLimit"] == 2
-    inner = pipeline["components"]["comp-for-loop-2"]["dag"]["tasks"]
-    assert {task["taskInfo"]["name"] for task in inner.values()} == {"prune", "quantize",
-                                                                   "validate"}
+    tasks = pipeline["root"]["dag"]["tasks"]
+    assert {task["taskInfo"]["name"] for task in tasks.values()} == {
+        "fetch", "select", "benchmark-cpu", "report"}
+    given = tasks["select-op"]["inputs"]["parameters"]
+    spec = json.loads(given["spec"]["runtimeValue"]["constant"])
+    assert spec["search"]["parameters"][0]["values"] == [0.3, 0.5, 0.7, 0.9]
+    assert given["output"]["componentInputParameter"] == "output_uri"
     # the kept model is benchmarked after select, so whatever it keeps has figures
-    benchmark = _task(pipeline, "benchmark-cpu")
-    assert "select-op" in benchmark["dependentTasks"]
+    assert "select-op" in _task(pipeline, "benchmark-cpu")["dependentTasks"]
 
 
-def test_candidate_options_set_only_the_searched_field() -> None:
+def test_searched_spec_resolves_auto_quantizations_bar() -> None:
     job = load_job(ROOT / "examples" / "digits-search.yaml")
-    options = candidate_options(job.spec)
-    assert [option.sparsity for option in options] == [0.3, 0.5, 0.7, 0.9]
-    assert all(option.model_copy(update={"sparsity": 0.5}) == job.spec.steps[0].options
-               for option in options)
-    assert job.spec.searched_option() == (0, "sparsity")
+    wire = job.spec.to_wire()
+    spec = type(job.spec).model_validate({**wire, "steps": [wire["steps"][0],
+                                                           {"quantize": {"mode": "auto"}}]})
+    assert searched_spec(spec).steps[1].quantize.max_accuracy_drop == DEFAULT_AUTO_BAR
+    assert searched_spec(spec).search == spec.search
 
 
 def test_gpu_pool_lands_on_its_nodes(tmp_path: Path) -> None:
@@ -183,13 +181,13 @@ def test_the_default_secret_name_is_the_operators_setting(
 
 def test_spec_storage_names_the_secret_of_every_task(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Search candidates' tasks (inside the ParallelFor) included."""
+    """A search's select task included."""
     _platform_credentials(monkeypatch)
     job = load_job(ROOT / "examples" / "digits-search.yaml")
     job.spec.storage = Storage(secret_name="team-a-minio")
     text, documents = _compile_job(tmp_path, job)
     executors, platform = _task_configs(documents)
-    assert set(platform) == set(executors) and len(executors) >= 7
+    assert set(platform) == set(executors) and len(executors) >= 4
     assert _secret_names(platform) == {"team-a-minio"}
     assert DEFAULT_STORAGE_SECRET not in text and PLATFORM_SECRET not in text
     assert PLANTED_SECRET_KEY not in text

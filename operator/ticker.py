@@ -1,0 +1,207 @@
+"""The ticker: one task for the whole operator that syncs the jobs the schedule says are
+due and writes their status (see `scheduling` for why there is no timer per job).
+
+It runs on kopf's event loop. Each sync (backend calls, reading results, promoting) runs
+in a worker thread, at most `workers` at a time; admitting queued jobs runs one at a time
+and stops at the first that finds every slot taken. A status is written only when it
+changed, as a merge patch of the status subresource; Events go through kopf's poster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from modelpress.api import API_GROUP, API_VERSION
+from modelpress.crd import PLURAL
+from modelpress.operator.controller import Controller, EventSink
+from modelpress.operator.reconcile import JobView
+from modelpress.operator.scheduling import Schedule, Waiting, merged, waiting_for
+
+RETRY_SECONDS = 10.0
+logger = logging.getLogger(__name__)
+
+
+class JobGone(Exception):
+    """The job no longer exists (deleted since it was last seen)."""
+
+
+class StatusWriter(Protocol):
+    def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        """Merge `patch` into the job's status; JobGone when there is no such job."""
+        ...
+
+
+class KubeStatusWriter:
+    """Status patches through the Kubernetes API (the status subresource)."""
+
+    def __init__(self, api: Any) -> None:
+        self._api = api  # a kubernetes.client.CustomObjectsApi
+
+    def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self._api.patch_namespaced_custom_object_status(
+                API_GROUP, API_VERSION, namespace, PLURAL, name, {"status": patch})
+        except ApiException as error:
+            if error.status == 404:
+                raise JobGone(f"{namespace}/{name}") from error
+            raise
+
+
+def kube_api() -> Any:
+    """A CustomObjectsApi with the in-cluster config, else the kubeconfig (as kopf's own
+    login finds them)."""
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.CustomObjectsApi()
+
+
+class Ticker:
+    """Works through the schedule: polled jobs when due, queued jobs when a slot may be
+    free (a run seen ending, a job deleted, a new job, or once per poll interval)."""
+
+    def __init__(self, controller: Controller, writer: StatusWriter,
+                 events_for: Callable[[JobView], EventSink], poll_seconds: float, *,
+                 workers: int = 4, monotonic: Callable[[], float] = time.monotonic,
+                 may_act: Callable[[], bool] = lambda: True) -> None:
+        self.controller = controller
+        self._may_act = may_act  # False while a peer replica acts (operator/peering.py)
+        self.schedule = Schedule(poll_seconds)
+        self._writer = writer
+        self._events_for = events_for
+        self._poll_seconds = poll_seconds
+        self._workers = asyncio.Semaphore(workers)
+        self._monotonic = monotonic
+        # The schedule is changed from kopf's handlers (on the loop, or in kopf's threads)
+        # and by the ticker.
+        self._lock = threading.Lock()
+        self._admit = True  # whether something may have freed a slot since the last pass
+        self._admitted_at = 0.0  # monotonic time of the last admission pass
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------- from kopf's handlers
+
+    def accepted(self, job: JobView, patch: dict[str, Any]) -> None:
+        """A new job got its first status (`patch`, from the intake)."""
+        with self._lock:
+            self.schedule.synced(job, merged(job.status, patch), self._monotonic())
+        self._poke()
+
+    def is_news(self, job: JobView) -> bool:
+        with self._lock:
+            return self.schedule.is_news(job)
+
+    def observe(self, job: JobView) -> None:
+        """A watch event of a job (see Schedule.observe)."""
+        with self._lock:
+            due = self.schedule.observe(job, self._monotonic())
+        if due:
+            self._poke()
+
+    def forget(self, uid: str) -> None:
+        """The job was deleted; the slot its run held (if any) is free for the next."""
+        with self._lock:
+            self.schedule.forget(uid)
+        self._poke()
+
+    def start(self) -> None:
+        """Start ticking on the running loop. Called from a kopf handler: the task
+        inherits kopf's context, which its Event poster needs."""
+        if self._task is None:
+            self._loop = asyncio.get_running_loop()
+            self._task = self._loop.create_task(self.run(), name="modelpress-ticker")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    # --------------------------------------------------------------------- the loop
+
+    async def run(self) -> None:
+        while True:
+            await self.tick()
+            await self._sleep()
+
+    async def tick(self) -> None:
+        """Sync the polled jobs that are due, then admit queued ones while slots last: when
+        something may have freed a slot, and at least once per poll interval (for slots
+        freed elsewhere). Nothing while another replica acts."""
+        if not await asyncio.to_thread(self._may_act):
+            return
+        now = self._monotonic()
+        with self._lock:
+            due = self.schedule.due(now)
+        await asyncio.gather(*(self._sync_one(job) for job in due))
+        if self._admit or now - self._admitted_at >= self._poll_seconds:
+            self._admit, self._admitted_at = False, now
+            await self._admit_waiting()
+
+    async def _admit_waiting(self) -> None:
+        if self.controller.slots_taken():
+            return
+        with self._lock:
+            waiting = list(self.schedule.waiting(self._monotonic()))
+        for job in waiting:
+            if self.controller.slots_taken():
+                return
+            if not self.controller.slots_taken(job.namespace):
+                await self._sync_one(job)
+
+    async def _sleep(self) -> None:
+        """Until the next polled job is due, something new happens, or a poll interval
+        passed."""
+        with self._lock:
+            next_due = self.schedule.next_due()
+        delay = self._poll_seconds if next_due is None else next_due - self._monotonic()
+        try:
+            await asyncio.wait_for(self._wake.wait(), max(0.0, min(delay, self._poll_seconds)))
+        except TimeoutError:
+            pass  # time to look again
+        self._wake.clear()
+
+    def _poke(self) -> None:
+        """Wake the ticker for an admission pass (thread-safe)."""
+        self._admit = True
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def _sync_one(self, job: JobView) -> None:
+        async with self._workers:
+            ended = await asyncio.to_thread(self._sync, job)
+        if ended:
+            self._admit = True
+
+    def _sync(self, job: JobView) -> bool:
+        """Sync one job and write its status; whether its run ended (a slot freed)."""
+        now = self._monotonic()
+        try:
+            patch = self.controller.sync(job, self._events_for(job))
+            if patch:
+                self._writer.patch_status(job.namespace, job.name, patch)
+        except JobGone:
+            self.forget(job.uid)
+            return False
+        except Exception as error:  # reported, counted, and retried like a failed handler
+            self.controller.record_error(job, error)
+            logger.warning("Sync of %s/%s failed; retrying in %.0f s: %s", job.namespace,
+                           job.name, RETRY_SECONDS, error)
+            with self._lock:
+                self.schedule.retry_later(job.uid, now + RETRY_SECONDS)
+            return False
+        status = merged(job.status, patch)
+        with self._lock:
+            self.schedule.synced(job, status, self._monotonic())
+        return waiting_for(job.status) is Waiting.RUN and waiting_for(status) is not Waiting.RUN

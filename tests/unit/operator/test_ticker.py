@@ -1,0 +1,171 @@
+"""The ticker over a real controller with a fake backend and status writer: queued jobs
+are admitted in order as slots free, polled jobs are synced when due, statuses are written
+only when they change, and a failed write is retried."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from opfixtures import CONFIG, NOW, RECORDED, Copier, Events, FakeBackend, Ticks, job, run_results
+
+from modelpress.operator.backends.base import RunState
+from modelpress.operator.controller import Controller
+from modelpress.operator.metrics import OperatorMetrics
+from modelpress.operator.reconcile import JobView
+from modelpress.operator.ticker import JobGone, Ticker
+
+POLL = 1.0
+
+
+@dataclass
+class Runs(FakeBackend):
+    """Runs that hold a slot until the test ends them."""
+
+    ended: set[str] = field(default_factory=set)
+
+    def poll(self, run_id: str) -> RunState:
+        if run_id in self.ended:
+            return RunState(run_id=run_id, phase="Succeeded", recorded=RECORDED)
+        return RunState(run_id=run_id, phase="Running")
+
+    def has_capacity(self) -> bool:
+        self.capacity_checks += 1
+        return len(self.submitted) - len(self.ended) < self.capacity
+
+
+@dataclass
+class Writer:
+    """The API's status subresource: patches by job name."""
+
+    patches: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    fail_with: Exception | None = None
+
+    def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.patches.setdefault(name, []).append(patch)
+
+    def phase(self, name: str) -> str | None:
+        phases = [p["phase"] for p in self.patches.get(name, []) if "phase" in p]
+        return phases[-1] if phases else None
+
+
+def _ticker(backend: Runs, writer: Writer, ticks: Ticks) -> Ticker:
+    controller = Controller(backend, CONFIG, OperatorMetrics(),  # type: ignore[arg-type]
+                            results_reader=lambda output: run_results(), copier=Copier(),
+                            clock=lambda: NOW, monotonic=ticks)
+    return Ticker(controller, writer, lambda job: Events(), POLL, monotonic=ticks)
+
+
+def _accepted(ticker: Ticker, count: int) -> list[JobView]:
+    """`count` new jobs through the intake, as the handler does."""
+    jobs = [replace(job(), uid=f"uid-{n}", name=f"job-{n}") for n in range(count)]
+    for new in jobs:
+        ticker.accepted(new, ticker.controller.accept(new, Events()))
+    return jobs
+
+
+def test_queued_jobs_are_admitted_in_order_while_slots_last() -> None:
+    backend, writer, ticks = Runs(capacity=2), Writer(), Ticks()
+    ticker = _ticker(backend, writer, ticks)
+    _accepted(ticker, 10)
+    asyncio.run(ticker.tick())
+    assert [r.job.metadata.name for r in backend.submitted] == ["job-0", "job-1"]
+    assert set(writer.patches) == {"job-0", "job-1"}  # the queued ones are already written
+    # Two admitted (each asks overall and in its namespace), one found every slot taken.
+    assert backend.capacity_checks == 2 * 2 + 1
+
+
+def test_a_queued_job_costs_nothing_while_slots_are_known_taken() -> None:
+    backend, writer, ticks = Runs(capacity=1), Writer(), Ticks()
+    ticker = _ticker(backend, writer, ticks)
+    _accepted(ticker, 100)
+
+    async def ticking() -> None:
+        for _ in range(20):
+            await ticker.tick()
+
+    asyncio.run(ticking())
+    assert len(backend.submitted) == 1 and backend.capacity_checks == 2 + 1
+
+
+def test_a_run_seen_ending_admits_the_next_in_the_same_tick() -> None:
+    backend, writer, ticks = Runs(capacity=1), Writer(), Ticks()
+    ticker = _ticker(backend, writer, ticks)
+    _accepted(ticker, 3)
+
+    async def ticking() -> None:
+        await ticker.tick()
+        backend.ended.add("run-1")
+        ticks.now += POLL  # the running job's poll is due
+        await ticker.tick()
+
+    asyncio.run(ticking())
+    assert writer.phase("job-0") == "Succeeded"
+    assert [r.job.metadata.name for r in backend.submitted] == ["job-0", "job-1"]
+    assert len(ticker.schedule) == 2  # job-0 settled: no longer scheduled
+
+
+def test_polled_jobs_are_synced_only_when_due_and_unchanged_ones_not_written() -> None:
+    backend, writer, ticks = Runs(capacity=1), Writer(), Ticks()
+    ticker = _ticker(backend, writer, ticks)
+    _accepted(ticker, 1)
+
+    async def ticking() -> None:
+        await ticker.tick()  # submitted
+        for _ in range(5):
+            ticks.now += POLL / 4
+            await ticker.tick()
+
+    asyncio.run(ticking())
+    submitted, polled = writer.patches["job-0"]  # one poll was due, and it changed it
+    assert submitted["runId"] == "run-1" and polled["phase"] == "Running"
+
+
+def test_a_failed_write_is_counted_and_retried() -> None:
+    backend, writer, ticks = Runs(capacity=1), Writer(fail_with=OSError("api down")), Ticks()
+    ticker = _ticker(backend, writer, ticks)
+    _accepted(ticker, 1)
+
+    async def ticking() -> None:
+        await ticker.tick()
+        writer.fail_with = None
+        ticks.now += 10.0  # RETRY_SECONDS
+        await ticker.tick()
+
+    asyncio.run(ticking())
+    # The retry continues from the status it failed to write: the run submitted, now polled.
+    (patch,) = writer.patches["job-0"]
+    assert patch["runId"] == "run-1" and patch["phase"] == "Running"
+    assert len(backend.submitted) == 1
+    errors = ticker.controller.metrics.reconcile_errors.collect()[0].samples
+    assert any(sample.value == 1.0 for sample in errors)
+
+
+def test_a_job_gone_is_forgotten() -> None:
+    backend, writer, ticks = Runs(capacity=1), Writer(fail_with=JobGone("ml/job-0")), Ticks()
+    ticker = _ticker(backend, writer, ticks)
+    _accepted(ticker, 1)
+    asyncio.run(ticker.tick())
+    assert len(ticker.schedule) == 0
+
+
+def test_the_running_ticker_wakes_for_a_new_job() -> None:
+    backend, writer = Runs(capacity=1), Writer()
+    ticker = _ticker(backend, writer, Ticks())
+    ticker._poll_seconds = 3600.0  # only the wake can bring it round
+
+    async def running() -> None:
+        ticker.start()
+        await asyncio.sleep(0.05)
+        _accepted(ticker, 1)
+        for _ in range(100):
+            if backend.submitted:
+                break
+            await asyncio.sleep(0.01)
+        await ticker.stop()
+
+    asyncio.run(running())
+    assert len(backend.submitted) == 1
