@@ -81,6 +81,31 @@ modelpress-operator
 {{- end }}
 - name: MODELPRESS_POLL_INTERVAL_SECONDS
   value: {{ .Values.operator.pollIntervalSeconds | quote }}
+- name: MODELPRESS_SYNC_WORKERS
+  value: {{ .Values.operator.syncWorkers | quote }}
+{{- with .Values.promotion.registry }}
+- name: MODELPRESS_REGISTRY_MODELS
+  value: {{ .models | toJson | quote }}
+- name: MLFLOW_HTTP_REQUEST_MAX_RETRIES
+  value: {{ .maxRetries | quote }}
+- name: MLFLOW_HTTP_REQUEST_TIMEOUT
+  value: {{ .timeoutSeconds | quote }}
+{{- if .trackingUri }}
+- name: MLFLOW_TRACKING_URI
+  value: {{ .trackingUri | quote }}
+{{- end }}
+{{- $secret := .existingSecret }}
+{{- if $secret }}
+{{- range list "MLFLOW_TRACKING_USERNAME" "MLFLOW_TRACKING_PASSWORD" "MLFLOW_TRACKING_TOKEN" }}
+- name: {{ . }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: {{ . }}
+      optional: true
+{{- end }}
+{{- end }}
+{{- end }}
 - name: MODELPRESS_PEERING_NAME
   value: {{ include "modelpress.peeringName" . | quote }}
 - name: MODELPRESS_PEERING_LIFETIME_SECONDS
