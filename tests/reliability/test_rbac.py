@@ -45,6 +45,13 @@ KOPF_OPTIONAL: set[Rule] = {
     ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
 }
+# Peering between replicas (operator/main.py's peering_options, operator/peering.py): kopf
+# lists, watches and patches the peering object, the ticker gets it (its calls are found in
+# the code, below). Which object depends on how the operator watches: a KopfPeering in the
+# watched namespace, else the cluster's. The chart always runs peered replicas; the
+# operators these tests start run standalone.
+PEERING_GROUP = "kopf.dev"
+PEERED = ("get", "list", "watch", "patch")
 # kopf decorators that serve a resource (and so list, watch and patch it).
 KOPF_RESOURCE_HANDLERS = re.compile(r"^kopf\.(on\.(create|update|delete|resume|field|event)"
                                     r"|timer|daemon|index)$")
@@ -61,6 +68,11 @@ CHART_CONFIGURATIONS = {
     "cluster-wide": ({"backend": "kfp", "watch": {"allNamespaces": True}}, False),
     "kfp-gpu": (VALUES["kfp-gpu"], True),
 }
+
+
+def _peering_plural(values: dict[str, Any]) -> str:
+    cluster_wide = bool(values.get("watch", {}).get("allNamespaces"))
+    return "clusterkopfpeerings" if cluster_wide else "kopfpeerings"
 
 
 # ----------------------------------------------------------------------- from the code
@@ -145,9 +157,12 @@ def rules_from_chart(values: dict[str, Any]) -> set[Rule]:
             for verb in rule["verbs"]}
 
 
-def needed(used: set[Rule], kserve: bool) -> set[Rule]:
-    """What a chart configuration must grant: KServe's rules only when it is enabled."""
-    return {rule for rule in used - KOPF_OPTIONAL if kserve or rule[0] != KSERVE_GROUP}
+def needed(used: set[Rule], kserve: bool, values: dict[str, Any]) -> set[Rule]:
+    """What a chart configuration must grant: KServe's rules only when it is enabled, and
+    peering's on the peering object of its way of watching."""
+    peering = {(PEERING_GROUP, _peering_plural(values), verb) for verb in PEERED}
+    return {rule for rule in used - KOPF_OPTIONAL
+            if (kserve or rule[0] != KSERVE_GROUP) and rule[0] != PEERING_GROUP} | peering
 
 
 def assert_exact(granted: set[Rule], wanted: set[Rule], source: str) -> None:
@@ -160,7 +175,9 @@ def test_the_code_derivation_finds_what_the_operator_is_known_to_do() -> None:
     """Guards the derivation itself: each kind of use is found."""
     used = rules_from_code()
     assert {(API_GROUP, PLURAL, "watch"), (API_GROUP, f"{PLURAL}/status", "patch"),
-            ("", "events", "create"), (KSERVE_GROUP, "inferenceservices", "patch")} <= used
+            ("", "events", "create"), (KSERVE_GROUP, "inferenceservices", "patch"),
+            (PEERING_GROUP, "kopfpeerings", "get"),
+            (PEERING_GROUP, "clusterkopfpeerings", "get")} <= used
 
 
 @pytest.mark.parametrize("configuration", CHART_CONFIGURATIONS.values(),
@@ -168,7 +185,8 @@ def test_the_code_derivation_finds_what_the_operator_is_known_to_do() -> None:
 def test_the_chart_grants_what_the_code_uses(configuration: tuple[dict[str, Any], bool]
                                              ) -> None:
     values, kserve = configuration
-    assert_exact(rules_from_chart(values), needed(rules_from_code(), kserve), "the code")
+    assert_exact(rules_from_chart(values), needed(rules_from_code(), kserve, values),
+                 "the code")
 
 
 # ------------------------------------------------------------------------- on the wire
@@ -228,6 +246,29 @@ class _Cluster:
     def delete(self, plural: str, name: str) -> None:
         self.api.call(lambda: self.api.store.delete(self._kind(plural), "default", name))
 
+    def kserve_reports_the_canary(self, name: str) -> None:
+        """Play KServe's controller: the canary revision serves its share of traffic."""
+        def report() -> None:
+            kind = self._kind("inferenceservices")
+            service = self.api.store.get(kind, "default", name)
+            share = service["spec"]["predictor"].get("canaryTrafficPercent", 100)
+            revisions = [f"{name}-predictor-00001", f"{name}-predictor-00002"]
+            self.api.store.update(kind, "default", name, {"status": {
+                "observedGeneration": service["metadata"]["generation"],
+                "components": {"predictor": {
+                    "latestCreatedRevision": revisions[1], "latestReadyRevision": revisions[1],
+                    "latestRolledoutRevision": revisions[0],
+                    "traffic": [{"revisionName": revisions[0], "percent": 100 - share},
+                                {"revisionName": revisions[1], "percent": share,
+                                 "latestRevision": True}]}}}}, "status")
+        self.api.call(report)
+
+
+def _canary_applied(api: KubeStandIn) -> bool:
+    [service] = api.call(lambda: [s for s in api.store.objects.values()
+                                  if s.get("kind") == "InferenceService"])
+    return "canaryTrafficPercent" in service["spec"]["predictor"]
+
 
 def _promotion(api: KubeStandIn, name: str) -> str | None:
     status = jobs(api).get(name, {}).get("status") or {}
@@ -252,6 +293,8 @@ def requests_sent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[tup
         cluster.create(PLURAL, promoted)
         cluster.create(PLURAL, job_document("invalid", {**LIGHT_SPEC, "steps": [
             {"quantize": {}}, {"prune": {}}]}))
+        wait_until("the canary", lambda: _canary_applied(api), 60)
+        cluster.kserve_reports_the_canary("digits")
         wait_until("the promotion", lambda: _promotion(api, "promoted") == "Promoted", 60)
         edited = {**promoted["spec"], "promotion": {"gates": {"minCompressionRatio": 50.0}}}
         cluster.edit_spec(PLURAL, "promoted", edited)
@@ -271,14 +314,17 @@ def test_the_chart_grants_what_the_operator_sends(requests_sent: list[tuple[str,
     used = {rule for method, path in requests_sent if (rule := rule_of(method, path))}
     assert (KSERVE_GROUP, "inferenceservices", "patch") in used, "the promotion never ran"
     for name, (values, kserve) in CHART_CONFIGURATIONS.items():
-        assert_exact(rules_from_chart(values), needed(used, kserve), f"the operator ({name})")
+        assert_exact(rules_from_chart(values), needed(used, kserve, values),
+                     f"the operator ({name})")
 
 
 @pytest.mark.e2e
 def test_the_code_and_the_wire_agree(requests_sent: list[tuple[str, str]]) -> None:
-    """What the derivation from the code finds is what the operator really sends."""
+    """What the derivation from the code finds is what the operator really sends. This
+    operator runs standalone: what peering sends is tests/e2e/operator/test_two_replicas'."""
     used = {rule for method, path in requests_sent if (rule := rule_of(method, path))}
-    assert used - KOPF_OPTIONAL == rules_from_code()
+    assert used - KOPF_OPTIONAL == {rule for rule in rules_from_code()
+                                    if rule[0] != PEERING_GROUP}
 
 
 @pytest.mark.parametrize(("method", "path", "rule"), [
