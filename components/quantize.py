@@ -1,4 +1,5 @@
-"""Quantize: export to ONNX, then onnxruntime's quantizer (dynamic int8, static QDQ) or fp16.
+"""Quantize: export to ONNX, then onnxruntime's quantizer (dynamic int8, plain or after
+smoothing; static QDQ) or fp16.
 
 With a bar (`auto`, or `dynamic`/`static` given `maxAccuracyDrop`) the step measures what it
 builds against the original and may keep the most harmful nodes in fp32
@@ -73,6 +74,19 @@ def quantize_static_qdq(fp32: Path, out: Path, options: QuantizeStep, calibratio
                     activation_type=QuantType.QUInt8,
                     weight_type=_weight_type(options, QuantType),
                     nodes_to_exclude=list(keep_fp32), use_external_data_format=is_large(fp32))
+
+
+def quantize_dynamic_smoothed(fp32: Path, out: Path, options: QuantizeStep,
+                              calibration: Arrays, keep_fp32: Sequence[str] = ()) -> None:
+    """Dynamic int8 after SmoothQuant-style smoothing (components.smoothing): each MatMul's
+    activation outlier channels are divided down and its weight rows multiplied up, an
+    exact rewrite in fp32 that leaves dynamic int8's per-tensor activation step finer."""
+    from modelpress.components.smoothing import smoothed
+
+    with tempfile.TemporaryDirectory() as scratch:
+        source = Path(scratch) / "smoothed.onnx"
+        smoothed(fp32, calibration, source)
+        quantize_dynamic_int8(source, out, options, calibration, keep_fp32)
 
 
 def convert_fp16(fp32: Path, out: Path, options: QuantizeStep, _: Arrays,

@@ -33,6 +33,7 @@ from modelpress.components.quantize import (
     Recipe,
     convert_fp16,
     quantize_dynamic_int8,
+    quantize_dynamic_smoothed,
     quantize_static_qdq,
 )
 from modelpress.components.selection import Measured, choose
@@ -48,7 +49,11 @@ def recipes(calibration: Arrays | None, rows: Arrays, cuda: bool) -> dict[str, R
     built = [Recipe("dynamic-int8-per-channel", quantize_dynamic_int8,
                     QuantizeStep(per_channel=True), data),
              Recipe("dynamic-int8-per-tensor", quantize_dynamic_int8,
-                    QuantizeStep(per_channel=False), data)]
+                    QuantizeStep(per_channel=False), data),
+             Recipe("dynamic-int8-smoothed-per-channel", quantize_dynamic_smoothed,
+                    QuantizeStep(per_channel=True), data),
+             Recipe("dynamic-uint8-smoothed-per-channel", quantize_dynamic_smoothed,
+                    QuantizeStep(per_channel=True, weight_type="uint8"), data)]
     if calibration is not None:
         built += [Recipe("static-qdq-int8-per-channel", quantize_static_qdq,
                          QuantizeStep(mode="static", per_channel=True), calibration),
