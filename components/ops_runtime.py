@@ -125,8 +125,8 @@ def _spending(chain: Chain, step: Callable[[], LossyRecord]) -> Callable[[], Los
     return measured
 
 
-def _train(datasets: Path, kind: str) -> Arrays:
-    arrays = _dataset(datasets, "train")
+def required_train(arrays: Arrays | None, kind: str) -> Arrays:
+    """The train set a training step (`kind`) needs, or the one line saying it is missing."""
     if arrays is None:
         raise InvalidInput("spec.data.train", f"{kind} trains, so it needs data.train")
     return arrays
@@ -156,7 +156,7 @@ def run_distill(name: str, options: str, original: Path, chain: Chain) -> None:
 
     _recorded(name, _appended(chain.ledger_in, _spending(chain, lambda: distill(
         chain.model_in, original, DistillStep.model_validate_json(options),
-        _train(chain.datasets, "distill"), chain.model_out,
+        required_train(_dataset(chain.datasets, "train"), "distill"), chain.model_out,
         _dataset(chain.datasets, VALIDATION)))), chain.ledger_out)
 
 
@@ -198,9 +198,7 @@ def quantize_on(options: QuantizeStep, probe: LatencyProbe, original: Path, mode
         calibration = train
     qat = None
     if options.mode == "qat":
-        if train is None:
-            raise InvalidInput("spec.data.train", "qat trains, so it needs data.train")
-        qat = QatInputs(original, train)
+        qat = QatInputs(original, required_train(train, "qat"))
     if options.mode == "auto" and options.max_accuracy_drop is None:
         raise InvalidInput("quantize.maxAccuracyDrop", "auto quantization needs its bar "
                                                        "(the pipeline builder sets it)")

@@ -203,7 +203,7 @@ def _with_auto_bar(step: Step, bar: float) -> Step:
 def _run_step(step: Step, model_in: Path, inputs: TrialInputs, probe: LatencyProbe,
               out: Path) -> StepRecord:
     """One of the job's steps, as its pipeline task would run it, on the decision data."""
-    from modelpress.errors import InvalidInput
+    from modelpress.components.ops_runtime import quantize_on, required_train
 
     options = step.options
     if step.kind == "prune":
@@ -218,12 +218,9 @@ def _run_step(step: Step, model_in: Path, inputs: TrialInputs, probe: LatencyPro
     if step.kind == "distill":
         from modelpress.components.distill import distill
 
-        if inputs.train is None:
-            raise InvalidInput("spec.data.train", "distill trains, so it needs data.train")
-        return distill(model_in, inputs.original, options, inputs.train, out,  # type: ignore[arg-type]
+        train = required_train(inputs.train, "distill")
+        return distill(model_in, inputs.original, options, train, out,  # type: ignore[arg-type]
                        validation=inputs.decision)
-    from modelpress.components.ops_runtime import quantize_on
-
     return quantize_on(options, probe, inputs.original, model_in,  # type: ignore[arg-type]
                        inputs.decision, inputs.train, inputs.calibration, out)
 

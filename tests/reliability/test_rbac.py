@@ -35,6 +35,7 @@ OPERATOR = ROOT / "operator"
 sys.path.insert(0, str(ROOT / "tests" / "deploy"))
 
 from deploy_chart import VALUES, by_kind, render  # noqa: E402
+from kube_store import kserve_canary_status  # noqa: E402  (on the path standin_operator set)
 
 Rule = tuple[str, str, str]  # (apiGroup, resource, verb)
 KSERVE_GROUP = "serving.kserve.io"
@@ -252,15 +253,8 @@ class _Cluster:
             kind = self._kind("inferenceservices")
             service = self.api.store.get(kind, "default", name)
             share = service["spec"]["predictor"].get("canaryTrafficPercent", 100)
-            revisions = [f"{name}-predictor-00001", f"{name}-predictor-00002"]
-            self.api.store.update(kind, "default", name, {"status": {
-                "observedGeneration": service["metadata"]["generation"],
-                "components": {"predictor": {
-                    "latestCreatedRevision": revisions[1], "latestReadyRevision": revisions[1],
-                    "latestRolledoutRevision": revisions[0],
-                    "traffic": [{"revisionName": revisions[0], "percent": 100 - share},
-                                {"revisionName": revisions[1], "percent": share,
-                                 "latestRevision": True}]}}}}, "status")
+            self.api.store.update(kind, "default", name,
+                                  {"status": kserve_canary_status(service, share)}, "status")
         self.api.call(report)
 
 

@@ -68,6 +68,22 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
+def kserve_canary_status(service: Json, latest_percent: int,
+                         rolled_out_revision: int = 1) -> Json:
+    """What KServe's controller reports for a Knative (Serverless) InferenceService whose
+    second revision is ready with `latest_percent` of the traffic, revision
+    `rolled_out_revision` being the latest rolled out: the status of its current generation."""
+    name = service["metadata"]["name"]
+    previous, latest = f"{name}-predictor-00001", f"{name}-predictor-00002"
+    return {"observedGeneration": service["metadata"]["generation"],
+            "components": {"predictor": {
+                "latestCreatedRevision": latest, "latestReadyRevision": latest,
+                "latestRolledoutRevision": f"{name}-predictor-{rolled_out_revision:05d}",
+                "traffic": [{"revisionName": previous, "percent": 100 - latest_percent},
+                            {"revisionName": latest, "percent": latest_percent,
+                             "latestRevision": True}]}}}
+
+
 def json_patch(target: Json, operations: list[Json]) -> Json:
     """RFC 6902 add, remove, replace and test (what kopf sends for finalizers)."""
     document = copy.deepcopy(target)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kube_store import kserve_canary_status
 from operator_cluster import Cluster, Operator, running_operator, start_cluster, wait_until
 
 RUN_TIMEOUT_S = 600.0
@@ -72,15 +73,7 @@ def _service(cluster: Cluster) -> dict[str, Any]:
 def _kserve_reports_the_canary(cluster: Cluster) -> None:
     """Play KServe's controller: the canary revision is ready with its 10% of traffic."""
     service = _service(cluster)
-    service["status"] = {
-        "observedGeneration": service["metadata"]["generation"],
-        "components": {"predictor": {
-            "latestCreatedRevision": "digits-predictor-00002",
-            "latestReadyRevision": "digits-predictor-00002",
-            "latestRolledoutRevision": "digits-predictor-00001",
-            "traffic": [{"revisionName": "digits-predictor-00001", "percent": 90},
-                        {"revisionName": "digits-predictor-00002", "percent": 10,
-                         "latestRevision": True}]}}}
+    service["status"] = kserve_canary_status(service, latest_percent=10)
     cluster.api.replace("inferenceservices", "default", service)
 
 

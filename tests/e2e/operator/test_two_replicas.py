@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from kube_store import kserve_canary_status
 from operator_cluster import Cluster, Replica, start_peered_cluster, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -121,7 +122,7 @@ def test_canary_ready_follows_kserve_then_an_edit_promotes(cluster: Cluster,
         {"spec": {"promotion": {"canary": {"action": "promote"}}}}))
     wait_until("the promotion", lambda: "canaryTrafficPercent" not in _service(
         cluster)["spec"]["predictor"])
-    _report(cluster, latest_percent=100, rolled_out="digits-predictor-00002")
+    _report(cluster, latest_percent=100, rolled_out_revision=2)
     wait_until("CanaryPromoted",
                lambda: _condition(cluster, "CanaryReady")[1] == "CanaryPromoted")
     assert len(cluster.runs()) == 1  # promoting re-ran nothing
@@ -143,18 +144,8 @@ def _condition(cluster: Cluster, type_: str) -> tuple[str, str, str]:
         else ("", "", "")
 
 
-def _report(cluster: Cluster, latest_percent: int,
-            rolled_out: str = "digits-predictor-00001") -> None:
+def _report(cluster: Cluster, latest_percent: int, rolled_out_revision: int = 1) -> None:
     """Play KServe's controller: the status of the service's current generation."""
     service = _service(cluster)
-    service["status"] = {
-        "observedGeneration": service["metadata"]["generation"],
-        "components": {"predictor": {
-            "latestCreatedRevision": "digits-predictor-00002",
-            "latestReadyRevision": "digits-predictor-00002",
-            "latestRolledoutRevision": rolled_out,
-            "traffic": [{"revisionName": "digits-predictor-00001", "tag": "prev",
-                         "percent": 100 - latest_percent},
-                        {"revisionName": "digits-predictor-00002", "tag": "latest",
-                         "latestRevision": True, "percent": latest_percent}]}}}
+    service["status"] = kserve_canary_status(service, latest_percent, rolled_out_revision)
     cluster.api.replace("inferenceservices", "default", service)
