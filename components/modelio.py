@@ -179,6 +179,20 @@ def torch_inputs(arrays: dict[str, np.ndarray], names: list[str]) -> tuple[torch
     return tuple(torch.from_numpy(np.ascontiguousarray(arrays[name])) for name in names)
 
 
+def without_trailing_padding(named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A batch of token inputs cut after the last position any of its rows attends to
+    (`attention_mask`), so that training does not compute the padding the longest text of
+    the whole dataset needs. Exact for right-padded texts: a real token's position and what
+    it attends to are unchanged. Left padding is kept (cutting it would move positions)."""
+    mask = named.get("attention_mask")
+    if mask is None or mask.dim() != 2:
+        return named
+    attended = mask.any(dim=0).nonzero()
+    width = int(attended.max()) + 1 if len(attended) else mask.shape[1]
+    return {name: value[:, :width] if value.dim() == 2 and value.shape[1] == mask.shape[1]
+            else value for name, value in named.items()}
+
+
 def export_onnx(module: torch.nn.Module, sample: dict[str, np.ndarray], names: list[str],
                 path: Path) -> None:
     """Export fp32 ONNX with a dynamic batch axis (and sequence axis for token inputs)."""

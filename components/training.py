@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from modelpress.components.data import LABELS, Arrays
-from modelpress.components.modelio import torch_inputs
+from modelpress.components.modelio import torch_inputs, without_trailing_padding
 
 if TYPE_CHECKING:
     import torch
@@ -56,7 +56,7 @@ def fine_tune(student: torch.nn.Module, teacher: torch.nn.Module, train: Arrays,
     from modelpress.components.fakequant import ShadowWeights
 
     torch.manual_seed(0)
-    inputs = torch_inputs(train, plan.inputs)
+    inputs = dict(zip(plan.inputs, torch_inputs(train, plan.inputs), strict=True))
     labels = torch.from_numpy(train[LABELS]) if LABELS in train else None
     with torch.no_grad():
         targets = _batched(teacher.eval(), inputs)
@@ -74,7 +74,7 @@ def fine_tune(student: torch.nn.Module, teacher: torch.nn.Module, train: Arrays,
             optimizer.zero_grad()
             if shadows:
                 shadows.quantize_into_module()
-            out = student(*(tensor[batch] for tensor in inputs))
+            out = student(*_rows(inputs, batch).values())
             loss = distillation_loss(out, targets[batch],
                                      None if labels is None else labels[batch], plan)
             loss.backward()
@@ -93,8 +93,14 @@ def fine_tune(student: torch.nn.Module, teacher: torch.nn.Module, train: Arrays,
     return last_loss
 
 
-def _batched(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+def _rows(inputs: dict[str, torch.Tensor], rows: torch.Tensor | slice) -> dict[str, torch.Tensor]:
+    """The named inputs of `rows`, in the model's input order, without padding they all share."""
+    return without_trailing_padding({name: tensor[rows] for name, tensor in inputs.items()})
+
+
+def _batched(module: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     import torch
 
-    outputs = [module(*(t[i:i + 256] for t in inputs)) for i in range(0, len(inputs[0]), 256)]
-    return torch.cat(outputs)
+    count = len(next(iter(inputs.values())))
+    return torch.cat([module(*_rows(inputs, slice(start, start + 256)).values())
+                      for start in range(0, count, 256)])

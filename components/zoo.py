@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from modelpress.components.modelio import InputSpec, Signature
+from modelpress.components.modelio import InputSpec, Signature, without_trailing_padding
 from modelpress.components.preprocess import Preprocessor
 from modelpress.errors import InvalidInput
 from modelpress.settings import get_settings
@@ -440,10 +440,8 @@ def _epochs(model: Any, inputs: dict[str, torch.Tensor], targets: torch.Tensor, 
     model.train()
     for _ in range(epochs):
         for batch in torch.randperm(len(targets), generator=generator).split(32):
-            chosen = {name: value[batch] for name, value in inputs.items()}
-            if "attention_mask" in chosen:  # drop the padding no text in this batch needs
-                width = int(chosen["attention_mask"].sum(1).max())
-                chosen = {name: value[:, :width] for name, value in chosen.items()}
+            chosen = without_trailing_padding({name: value[batch]
+                                               for name, value in inputs.items()})
             loss = model(**chosen, labels=targets[batch]).loss
             optimizer.zero_grad()
             loss.backward()
