@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     import torch
 
 BATCH_SIZE = 64
+# Texts are batched with others of about their length, within groups of this many batches
+# drawn at random (Hugging Face Trainer's group_by_length): little padding, random order.
+LENGTH_GROUP_BATCHES = 50
 
 
 @dataclass(frozen=True)
@@ -68,9 +71,8 @@ def fine_tune(student: torch.nn.Module, teacher: torch.nn.Module, train: Arrays,
     last_loss = 0.0
     for _ in range(plan.epochs):
         student.train()
-        order = torch.randperm(len(targets))
         losses = []
-        for batch in order.split(BATCH_SIZE):
+        for batch in epoch_batches(len(targets), inputs.get("attention_mask")):
             optimizer.zero_grad()
             if shadows:
                 shadows.quantize_into_module()
@@ -91,6 +93,23 @@ def fine_tune(student: torch.nn.Module, teacher: torch.nn.Module, train: Arrays,
         shadows.quantize_into_module()
     student.eval()
     return last_loss
+
+
+def epoch_batches(rows: int, attention_mask: torch.Tensor | None) -> list[torch.Tensor]:
+    """An epoch's batches of row indices: a random order, and for texts (`attention_mask`)
+    each group of LENGTH_GROUP_BATCHES batches sorted by length, so a batch pads only to its
+    own longest text (modelio.without_trailing_padding cuts the rest), the batches then
+    shuffled."""
+    import torch
+
+    order = torch.randperm(rows)
+    if attention_mask is None:
+        return list(order.split(BATCH_SIZE))
+    lengths = attention_mask.sum(dim=1)
+    grouped = [group[torch.argsort(lengths[group], descending=True, stable=True)]
+               for group in order.split(BATCH_SIZE * LENGTH_GROUP_BATCHES)]
+    batches = torch.cat(grouped).split(BATCH_SIZE)
+    return [batches[index] for index in torch.randperm(len(batches))]
 
 
 def _rows(inputs: dict[str, torch.Tensor], rows: torch.Tensor | slice) -> dict[str, torch.Tensor]:

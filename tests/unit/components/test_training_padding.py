@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from modelpress.components.modelio import without_trailing_padding
-from modelpress.components.training import TrainingPlan, fine_tune
+from modelpress.components.training import BATCH_SIZE, TrainingPlan, epoch_batches, fine_tune
 
 
 def _batch(masks: list[list[int]]) -> dict[str, torch.Tensor]:
@@ -71,3 +71,17 @@ def test_fine_tune_feeds_batches_without_the_datasets_padding() -> None:
                                                     inputs=["input_ids", "attention_mask"]))
     assert teacher.widths == [12]  # the teacher's targets: one chunk of 256 rows
     assert sorted(student.widths) == [3, 3, 12]
+
+
+def test_texts_are_batched_with_others_of_about_their_length() -> None:
+    torch.manual_seed(0)
+    rows, width = 640, 40
+    lengths = torch.randint(1, width + 1, (rows,))
+    mask = (torch.arange(width) < lengths[:, None]).long()
+    batches = epoch_batches(rows, mask)
+    assert sorted(torch.cat(batches).tolist()) == list(range(rows))  # each row once
+    assert all(len(batch) <= BATCH_SIZE for batch in batches)
+    padded = sum(len(batch) * int(lengths[batch].max()) for batch in batches)
+    shuffled = sum(len(batch) * int(lengths[batch].max())
+                   for batch in torch.randperm(rows).split(BATCH_SIZE))
+    assert padded < 0.7 * shuffled  # lengths uniform in 1..40: about half the positions
