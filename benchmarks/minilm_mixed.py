@@ -7,7 +7,7 @@ Runs benchmarks/jobs/minilm-mixed.yaml into benchmarks/out/minilm-mixed (unless
 --skip-job), builds the direct recipe with the harness, measures fp32, the direct recipe
 and the job's model interleaved (harness.compare), then prints the issue's checks: mean
 cosine >= 0.997 on eval, batch-32 latency <= 1.10x and size <= 1.3x the direct recipe's,
-and the nodes the job kept in fp32.
+and the nodes the job kept at another precision (fp32, 7-bit weights).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import OUT, ROOT, compare, minilm_direct  # noqa: E402
+
+from modelpress.api import Candidate  # noqa: E402
 
 JOB = ROOT / "benchmarks" / "jobs" / "minilm-mixed.yaml"
 DIRECT = "ort quantize_dynamic per-channel"
@@ -36,15 +38,14 @@ def run_job() -> Path:
     return out
 
 
-def kept_in_fp32(out: Path) -> list[str]:
+def chosen(out: Path) -> Candidate:
     from modelpress.records import ResultsDocument
 
     document = ResultsDocument.model_validate_json((out / "results.json").read_text())
-    return [node for candidate in document.results.candidates if candidate.chosen
-            for node in candidate.fp32_nodes]
+    return next(candidate for candidate in document.results.candidates if candidate.chosen)
 
 
-def checks(rows: list[dict], fp32_nodes: list[str]) -> list[str]:
+def checks(rows: list[dict], kept: Candidate) -> list[str]:
     by_model = {row["model"]: row for row in rows}
     ours, direct = by_model[OURS], by_model[DIRECT]
     latency = ours["p50@32"] / direct["p50@32"]
@@ -52,7 +53,10 @@ def checks(rows: list[dict], fp32_nodes: list[str]) -> list[str]:
     return [f"cosine {ours['metric']} (>= 0.997: {ours['metric'] >= 0.997})",
             f"batch-32 p50 {latency:.3f}x the direct recipe's (<= 1.10: {latency <= 1.10})",
             f"size {size:.3f}x the direct recipe's (<= 1.3: {size <= 1.3})",
-            f"kept in fp32 ({len(fp32_nodes)}): {', '.join(fp32_nodes) or 'none'}"]
+            f"chosen: {kept.name}",
+            f"kept in fp32 ({len(kept.fp32_nodes)}): {', '.join(kept.fp32_nodes) or 'none'}",
+            f"7-bit weights ({len(kept.reduced_range_nodes)}): "
+            f"{', '.join(kept.reduced_range_nodes) or 'none'}"]
 
 
 def main() -> None:
@@ -71,7 +75,7 @@ def main() -> None:
         rows = compare("MiniLM-L6 embeddings (metric: mean cosine to fp32)", "embedding",
                        {"fp32": fp32, DIRECT: direct, OURS: out / "model.onnx"}, sentences,
                        [1, 32], args.threads, args.iterations)
-    lines = checks(rows, kept_in_fp32(out))
+    lines = checks(rows, chosen(out))
     print("\n" + "\n".join(f"- {line}" for line in lines))
     (OUT / "minilm-mixed.json").write_text(json.dumps({"rows": rows, "checks": lines},
                                                       indent=2))

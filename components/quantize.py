@@ -52,32 +52,50 @@ def _fp32_onnx(model_in: Path, sample: Arrays, scratch: Path,
     return prepared
 
 
-# Every builder: (fp32 in, file out, options, calibration rows, nodes kept in fp32).
-Builder = Callable[[Path, Path, QuantizeStep, Arrays, Sequence[str]], None]
+# Every builder: (fp32 in, file out, options, calibration rows, nodes kept in fp32, nodes
+# whose weights take 7 bits whatever the options say; only dynamic int8 supports those).
+Builder = Callable[[Path, Path, QuantizeStep, Arrays, Sequence[str], Sequence[str]], None]
 
 
 def quantize_dynamic_int8(fp32: Path, out: Path, options: QuantizeStep, _: Arrays,
-                          keep_fp32: Sequence[str] = ()) -> None:
+                          keep_fp32: Sequence[str] = (), reduced: Sequence[str] = ()) -> None:
+    """Dynamic int8; the `reduced` nodes first, alone, with 7-bit weights (onnxruntime's
+    reduce_range is one switch per call), then every other node not kept in fp32."""
+    if not reduced:
+        _dynamic(fp32, out, options, exclude=keep_fp32)
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        first = Path(scratch) / "reduced.onnx"
+        _dynamic(fp32, first, options.model_copy(update={"reduce_range": True}),
+                 only=reduced)
+        _dynamic(first, out, options, exclude=[*keep_fp32, *reduced])
+
+
+def _dynamic(fp32: Path, out: Path, options: QuantizeStep, exclude: Sequence[str] = (),
+             only: Sequence[str] = ()) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(fp32), str(out), per_channel=options.per_channel,
-                     weight_type=_weight_type(options, QuantType),
-                     nodes_to_exclude=list(keep_fp32), use_external_data_format=is_large(fp32))
+                     reduce_range=options.reduce_range,
+                     weight_type=_weight_type(options, QuantType), nodes_to_quantize=list(only),
+                     nodes_to_exclude=list(exclude), use_external_data_format=is_large(fp32))
 
 
 def quantize_static_qdq(fp32: Path, out: Path, options: QuantizeStep, calibration: Arrays,
-                        keep_fp32: Sequence[str] = ()) -> None:
+                        keep_fp32: Sequence[str] = (), reduced: Sequence[str] = ()) -> None:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
+    assert not reduced, "7-bit weights per node: dynamic int8 only"
     quantize_static(str(fp32), str(out), _CalibrationReader(calibration),
                     quant_format=QuantFormat.QDQ, per_channel=options.per_channel,
-                    activation_type=QuantType.QUInt8,
+                    reduce_range=options.reduce_range, activation_type=QuantType.QUInt8,
                     weight_type=_weight_type(options, QuantType),
                     nodes_to_exclude=list(keep_fp32), use_external_data_format=is_large(fp32))
 
 
 def quantize_dynamic_smoothed(fp32: Path, out: Path, options: QuantizeStep,
-                              calibration: Arrays, keep_fp32: Sequence[str] = ()) -> None:
+                              calibration: Arrays, keep_fp32: Sequence[str] = (),
+                              reduced: Sequence[str] = ()) -> None:
     """Dynamic int8 after SmoothQuant-style smoothing (components.smoothing): each MatMul's
     activation outlier channels are divided down and its weight rows multiplied up, an
     exact rewrite in fp32 that leaves dynamic int8's per-tensor activation step finer."""
@@ -86,14 +104,15 @@ def quantize_dynamic_smoothed(fp32: Path, out: Path, options: QuantizeStep,
     with tempfile.TemporaryDirectory() as scratch:
         source = Path(scratch) / "smoothed.onnx"
         smoothed(fp32, calibration, source)
-        quantize_dynamic_int8(source, out, options, calibration, keep_fp32)
+        quantize_dynamic_int8(source, out, options, calibration, keep_fp32, reduced)
 
 
 def convert_fp16(fp32: Path, out: Path, options: QuantizeStep, _: Arrays,
-                 keep_fp32: Sequence[str] = ()) -> None:
+                 keep_fp32: Sequence[str] = (), reduced: Sequence[str] = ()) -> None:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    assert not reduced, "7-bit weights per node: dynamic int8 only"
     model = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True,
                                      node_block_list=list(keep_fp32) or None)
     save(model, out, external=is_large(fp32))
@@ -135,9 +154,19 @@ class Recipe:
     options: QuantizeStep
     calibration: Arrays
 
-    def build(self, fp32: Path, out: Path, keep_fp32: Sequence[str] = ()) -> None:
-        """`fp32` quantized to `out`, the nodes named in `keep_fp32` left in fp32."""
-        self.builder(fp32, out, self.options, self.calibration, keep_fp32)
+    def build(self, fp32: Path, out: Path, keep_fp32: Sequence[str] = (),
+              reduced: Sequence[str] = ()) -> None:
+        """`fp32` quantized to `out`, the nodes named in `keep_fp32` left in fp32 and those
+        in `reduced` given 7-bit weights (dynamic recipes only)."""
+        self.builder(fp32, out, self.options, self.calibration, keep_fp32, reduced)
+
+    def range_twin(self, others: Sequence[Recipe]) -> Recipe | None:
+        """The recipe among `others` that differs from this one only in reduce_range (same
+        kernels, so the same speed): mixed precision may pick the range node by node."""
+        flipped = self.options.model_copy(update={"reduce_range": not self.options.reduce_range})
+        return next((other for other in others if other.builder is self.builder
+                     and other.options == flipped and other.calibration is self.calibration),
+                    None)
 
     @property
     def integer(self) -> bool:
@@ -149,7 +178,8 @@ def recipe_of(options: QuantizeStep, calibration: Arrays) -> Recipe:
     """A dynamic or static step's own recipe, named like auto's (dynamic-int8-per-channel)."""
     kind = "static-qdq" if options.mode == "static" else "dynamic"
     layout = "per-channel" if options.per_channel else "per-tensor"
-    return Recipe(f"{kind}-{options.weight_type}-{layout}", _MODES[options.mode], options,
+    weights = f"{options.weight_type}{'-reduced' if options.reduce_range else ''}"
+    return Recipe(f"{kind}-{weights}-{layout}", _MODES[options.mode], options,
                   calibration)
 
 
@@ -238,7 +268,7 @@ def _build(fp32: Path, scratch: Path, task: str, options: QuantizeStep, decision
     assert auto is not None or options.mode != "auto", "auto quantization needs its bar"
     rows = calibration if calibration is not None else decision
     if auto is None or options.mode not in ("auto", *MIXED_MODES):
-        _MODES[options.mode](fp32, target, options, rows, ())
+        _MODES[options.mode](fp32, target, options, rows, (), ())
         return Outcome([], [], f"{options.mode} ({options.weight_type}"
                                f"{', per-channel' if options.per_channel else ''})")
     from modelpress.components.quantize_auto import auto_quantize, quantize_within_bar

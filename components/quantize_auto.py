@@ -6,10 +6,13 @@ the fastest candidate within it; every candidate and why it won or lost is recor
 The bar is the whole job's budget against the original (docs/quantization.md):
 - the unquantized input is a candidate too (auto): on small convolutional models int8
   kernels can be slower than fp32 ("compressed but not faster"), and then auto says so;
-- mixed precision: when no quantized build is within the bar, the most accurate int8
-  recipe is ranked node by node (components.sensitivity) and rebuilt with its first 1, 2,
-  4, … ranked nodes in fp32 (at most half of them) until one build meets the bar; the
-  smallest count that does is then found by bisection;
+- mixed precision: every whole build is timed first; the integer builds that miss the bar
+  but run faster than every build within it are seeds. The most accurate seed is ranked
+  node by node (components.sensitivity); when its reduce-range twin (same kernels, 7-bit
+  weights) is a seed too, both are ranked and each node takes the cheaper weight range.
+  The seed is rebuilt with its first 1, 2, 4, … ranked nodes in fp32 (at most half of
+  them; with per-node ranges, none first) until one build meets the bar; the fewest that
+  do is then found by bisection, and the builds within the bar are timed again together;
 - when the input itself already misses the bar (an earlier step spent the budget), nothing
   can meet it: the bar becomes the input's own drop, so the fastest candidate that is not
   worse than the input is kept (never a silent fall-back to a worse, larger model), and the
@@ -36,7 +39,7 @@ from modelpress.components.quantize import (
     quantize_dynamic_smoothed,
     quantize_static_qdq,
 )
-from modelpress.components.selection import Measured, choose
+from modelpress.components.selection import NEAR_TIE, Measured, choose
 from modelpress.components.sensitivity import SENSITIVITY_ROWS, Judge, nodes_of, rank
 
 FP32 = "fp32 (not quantized)"
@@ -52,6 +55,8 @@ def recipes(calibration: Arrays | None, rows: Arrays, cuda: bool) -> dict[str, R
                     QuantizeStep(per_channel=False), data),
              Recipe("dynamic-int8-smoothed-per-channel", quantize_dynamic_smoothed,
                     QuantizeStep(per_channel=True), data),
+             Recipe("dynamic-int8-reduced-smoothed-per-channel", quantize_dynamic_smoothed,
+                    QuantizeStep(per_channel=True, reduce_range=True), data),
              Recipe("dynamic-uint8-smoothed-per-channel", quantize_dynamic_smoothed,
                     QuantizeStep(per_channel=True, weight_type="uint8"), data)]
     if calibration is not None:
@@ -90,6 +95,7 @@ class Tried:
     accuracy_drop: float
     recipe: Recipe | None = None
     fp32_nodes: tuple[str, ...] = ()
+    reduced_nodes: tuple[str, ...] = ()
 
 
 def build_candidates(fp32: Path, scratch: Path, recipes_by_name: dict[str, Recipe]
@@ -107,27 +113,31 @@ def build_candidates(fp32: Path, scratch: Path, recipes_by_name: dict[str, Recip
 
 
 def keep_in_fp32(recipe: Recipe, fp32: Path, ranking: list[SensitivityEntry], judge: Judge,
-                 limit: float, scratch: Path) -> list[Tried]:
+                 limit: float, scratch: Path, reduced: tuple[str, ...] = ()) -> list[Tried]:
     """`recipe` rebuilt with its first 1, 2, 4, … ranked entries in fp32 (at most half of
     them) until a build meets `limit`, then bisected down to the fewest that do; every
-    build tried, in the order tried."""
+    build tried, in the order tried. The `reduced` nodes (not kept in fp32) take 7-bit
+    weights; with any, the build with none in fp32 is tried first."""
     cap = max(1, len(ranking) // 2)
     tried: dict[int, Tried] = {}
 
     def met(count: int) -> bool:
         if count not in tried:
             nodes = nodes_of(ranking, count)
+            short = tuple(node for node in reduced if node not in nodes)
+            label = f", {len(short)} at 7 bits" if reduced else ""
             path = scratch / f"{recipe.name}-fp32-{count}.onnx"
-            recipe.build(fp32, path, nodes)
-            tried[count] = Tried(f"{recipe.name} ({count} in fp32)", path, judge.drop(path),
-                                 recipe, tuple(nodes))
+            recipe.build(fp32, path, nodes, short)
+            tried[count] = Tried(f"{recipe.name}{label} ({count} in fp32)", path,
+                                 judge.drop(path), recipe, tuple(nodes), short)
         return tried[count].accuracy_drop <= limit
 
-    missed, count = 0, 1
+    start = 0 if reduced else 1
+    missed, count = start - 1, start
     while not met(count):
         if count >= cap:
             return list(tried.values())
-        missed, count = count, min(count * 2, cap)
+        missed, count = count, min(max(count * 2, 1), cap)
     while count - missed > 1:
         middle = (missed + count) // 2
         missed, count = (missed, middle) if met(middle) else (middle, count)
@@ -136,40 +146,81 @@ def keep_in_fp32(recipe: Recipe, fp32: Path, ranking: list[SensitivityEntry], ju
 
 @dataclass(frozen=True)
 class Mixed:
-    """What the mixed-precision search built, and the ranking it followed."""
+    """What the mixed-precision search built, the ranking it followed, and the recipe it
+    rebuilt (empty when no search ran)."""
 
     tried: list[Tried]
     ranking: list[SensitivityEntry]
     seconds: float
+    recipe: str = ""
 
 
-def mixed_precision(fp32: Path, scratch: Path, tried: list[Tried], judge: Judge,
-                    bar: Bar) -> Mixed:
-    """Nothing when a quantized build already meets the bar or no int8 recipe built; else
-    the most accurate int8 recipe ranked by sensitivity and searched for the bar."""
-    quantized = [t for t in tried if t.recipe is not None]
-    integer = [t for t in quantized if t.recipe is not None and t.recipe.integer]
-    if not integer or any(t.accuracy_drop <= bar.limit for t in quantized):
+def seeds(tried: list[Tried], latencies: dict[str, float], bar: Bar) -> list[Tried]:
+    """The integer builds that miss the bar but run faster than every build within it (a
+    near tie is not faster): mixed precision may bring one within the bar at a speed that
+    can win. With no build within the bar, every integer build."""
+    fastest = min((latencies[t.name] for t in tried if t.accuracy_drop <= bar.limit),
+                  default=float("inf"))
+    return [t for t in tried if t.recipe is not None and t.recipe.integer
+            and t.accuracy_drop > bar.limit and latencies[t.name] < fastest * (1 - NEAR_TIE)]
+
+
+def by_range(full: list[SensitivityEntry], reduced: list[SensitivityEntry]
+             ) -> tuple[list[SensitivityEntry], tuple[str, ...]]:
+    """One ranking from a recipe's and its reduce-range twin's: each unit at the weight
+    range that costs less (7 bits only when strictly cheaper), re-ranked; and the nodes
+    that take 7 bits. On AVX2 without VNNI 8-bit weights saturate where activations are
+    even (MiniLM's attention keys), 7-bit weights lose precision where they are not."""
+    cheaper = {tuple(entry.nodes): entry for entry in full}
+    for entry in reduced:
+        other = cheaper.get(tuple(entry.nodes))
+        if other is None or (entry.accuracy_drop, entry.output_error) < (
+                other.accuracy_drop, other.output_error):
+            cheaper[tuple(entry.nodes)] = entry
+    names = {entry.recipe for entry in reduced}
+    ordered = sorted(cheaper.values(), key=lambda e: (-e.accuracy_drop, -e.output_error))
+    short = tuple(node for entry in ordered if entry.recipe in names for node in entry.nodes)
+    return [entry.model_copy(update={"rank": position})
+            for position, entry in enumerate(ordered, start=1)], short
+
+
+def mixed_precision(fp32: Path, scratch: Path, tried: list[Tried],
+                    latencies: dict[str, float], judge: Judge, bar: Bar) -> Mixed:
+    """Nothing when no integer build is a seed (components.quantize_auto.seeds); else the
+    most accurate seed ranked by sensitivity (with its reduce-range twin, when that is a
+    seed too, each node at its cheaper range) and searched for the bar."""
+    started = seeds(tried, latencies, bar)
+    if not started:
         return Mixed([], [], 0.0)
     began = time.perf_counter()
-    base = min(integer, key=lambda t: t.accuracy_drop)
+    base = min(started, key=lambda t: t.accuracy_drop)
     assert base.recipe is not None
-    ranking = rank(base.recipe, fp32, base.path, judge.sampled(SENSITIVITY_ROWS), scratch)
+    rows = judge.sampled(SENSITIVITY_ROWS)
+    ranking, recipe = rank(base.recipe, fp32, base.path, rows, scratch), base.recipe
+    reduced: tuple[str, ...] = ()
+    twin_recipe = base.recipe.range_twin([t.recipe for t in started if t.recipe is not None])
+    if twin_recipe is not None:
+        twin = next(t for t in started if t.recipe is twin_recipe)
+        other = rank(twin_recipe, fp32, twin.path, rows, scratch)
+        full, short = (ranking, other) if twin_recipe.options.reduce_range else (other, ranking)
+        recipe = twin_recipe if base.recipe.options.reduce_range else base.recipe
+        ranking, reduced = by_range(full, short)
     ranked_seconds = time.perf_counter() - began
-    return Mixed(keep_in_fp32(base.recipe, fp32, ranking, judge, bar.limit, scratch), ranking,
-                 ranked_seconds)
+    return Mixed(keep_in_fp32(recipe, fp32, ranking, judge, bar.limit, scratch, reduced),
+                 ranking, ranked_seconds, recipe.name)
 
 
-def measure(tried: list[Tried], failed: dict[str, str], decision: Arrays, bar: Bar,
-            target: AutoTarget, timed_names: set[str]) -> list[Measured]:
-    """Every candidate's figures; latency (interleaved) for those in `timed_names` and for
-    the mixed builds within the bar (those that miss it cannot win)."""
-    timed = {t.name: t.path for t in tried
-             if t.name in timed_names or t.accuracy_drop <= bar.limit}
-    latencies = p50_latencies(timed, decision, target.probe) if timed else {}
+def measure(everything: list[Tried], failed: dict[str, str], decision: Arrays, bar: Bar,
+            target: AutoTarget, first: dict[str, float]) -> list[Measured]:
+    """Every candidate's figures. Whole builds keep their `first` latencies unless mixed
+    builds within the bar joined them; then every build within the bar is timed again,
+    together (interleaved). Mixed builds that miss the bar are not timed: they cannot win."""
+    fresh = [t for t in everything if t.name not in first and t.accuracy_drop <= bar.limit]
+    again = {t.name: t.path for t in everything if t.accuracy_drop <= bar.limit} if fresh else {}
+    latencies = {**first, **(p50_latencies(again, decision, target.probe) if again else {})}
     measured = [Measured(name=t.name, accuracy_drop=t.accuracy_drop,
                          size_bytes=size_bytes(t.path), latency_ms=latencies.get(t.name))
-                for t in tried]
+                for t in everything]
     return measured + [Measured(name=name, accuracy_drop=None, error=error)
                        for name, error in failed.items()]
 
@@ -184,7 +235,7 @@ def superseded(mixed: list[Tried], limit: float) -> tuple[list[Tried], list[Cand
     fewest, extra = within[0], within[1:]
     return [t for t in mixed if t not in extra], [Candidate(
         name=t.name, accuracy_drop=t.accuracy_drop, size_bytes=size_bytes(t.path),
-        fp32_nodes=list(t.fp32_nodes),
+        fp32_nodes=list(t.fp32_nodes), reduced_range_nodes=list(t.reduced_nodes),
         reason=f"within the bar, but keeps {len(t.fp32_nodes)} nodes in fp32 where "
                f"{fewest.name} needs {len(fewest.fp32_nodes)} (not timed)") for t in extra]
 
@@ -192,16 +243,19 @@ def superseded(mixed: list[Tried], limit: float) -> tuple[list[Tried], list[Cand
 def _judged(fp32: Path, scratch: Path, tried: list[Tried], failed: dict[str, str],
             judge: Judge, bar: Bar, target: AutoTarget
             ) -> tuple[Tried | None, list[Candidate], Mixed]:
-    """Search mixed precision if needed, time, choose: (winner, every candidate, search)."""
-    mixed = mixed_precision(fp32, scratch, tried, judge, bar)
+    """Time the whole builds, search mixed precision if a faster one can be brought within
+    the bar, time again, choose: (winner, every candidate, search)."""
+    first = p50_latencies({t.name: t.path for t in tried}, judge.decision, target.probe)
+    mixed = mixed_precision(fp32, scratch, tried, first, judge, bar)
     contenders, dropped = superseded(mixed.tried, bar.limit)
     everything = tried + contenders
-    measured = measure(everything, failed, judge.decision, bar, target, {t.name for t in tried})
+    measured = measure(everything, failed, judge.decision, bar, target, first)
     winner, judged = choose(measured, bar.limit, objective="latency")
     by_name = {t.name: t for t in everything}
     candidates = [c.as_candidate().model_copy(update={
-        "fp32_nodes": list(by_name[c.name].fp32_nodes) if c.name in by_name else []})
-        for c in judged]
+        "fp32_nodes": list(by_name[c.name].fp32_nodes) if c.name in by_name else [],
+        "reduced_range_nodes": list(by_name[c.name].reduced_nodes) if c.name in by_name
+        else []}) for c in judged]
     return (by_name[winner.name] if winner else None), candidates + dropped, mixed
 
 
@@ -258,10 +312,12 @@ def summary(winner: Tried | None, bar: Bar, candidates: list[Candidate], mixed: 
         parts.append(f"chose {winner.name} ({latency or 0.0:.3f} ms at batch "
                      f"{target.probe.batch_size}, drop {winner.accuracy_drop:.4f})")
     if mixed.ranking:
-        parts.append(f"{len(mixed.ranking)} nodes of {mixed.ranking[0].recipe} ranked by "
+        parts.append(f"{len(mixed.ranking)} nodes of {mixed.recipe} ranked by "
                      f"sensitivity in {mixed.seconds:.0f} s, {len(mixed.tried)} mixed-precision "
                      f"build(s) tried")
     kept = winner or fallback
     if kept is not None and kept.fp32_nodes:
         parts.append(f"kept in fp32: {', '.join(kept.fp32_nodes)}")
+    if kept is not None and kept.reduced_nodes:
+        parts.append(f"7-bit weights: {', '.join(kept.reduced_nodes)}")
     return "; ".join(parts)

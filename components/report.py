@@ -275,10 +275,13 @@ def sensitivity_section(results: Results) -> str:
                    f"<td>{'yes' if set(entry.nodes) <= kept else ''}</td></tr>"
                    for entry in results.sensitivity)
     listed = ", ".join(sorted(kept)) or "none"
+    reduced = ", ".join(sorted(node for c in results.candidates if c.chosen
+                               for node in c.reduced_range_nodes)) or "none"
     return ("<h2>Sensitivity</h2><p>What quantizing each node costs: the recipe's accuracy "
             "drop with only that node quantized, on sampled decision rows "
             "(docs/quantization.md). Kept in fp32 by the chosen model: "
-            f"{html.escape(listed)}.</p><img alt=\"sensitivity\" "
+            f"{html.escape(listed)}. With 7-bit weights: {html.escape(reduced)}.</p>"
+            '<img alt="sensitivity" '
             f'src="data:image/png;base64,{_sensitivity_plot(results, kept)}">'
             "<table><tr><th>rank</th><th>node</th><th>op</th><th>accuracy drop</th>"
             f"<th>output error</th><th>kept in fp32</th></tr>{rows}</table>")

@@ -203,6 +203,9 @@ class QuantizeStep(Model):
                     "(weight-only) | fp32 (reference) | auto.")
     weight_type: Literal["int8", "uint8"] = "int8"
     per_channel: bool = True
+    reduce_range: bool = Field(
+        default=False, description="dynamic/static: 7-bit weights, so that x86 CPUs without "
+                                   "VNNI do not saturate uint8 x int8 products (less precise).")
     epochs: int = Field(default=2, ge=1, le=1000, description="qat: fine-tuning epochs.")
     learning_rate: float = Field(default=1e-4, gt=0.0, le=1.0,
                                  description="qat: fine-tuning learning rate.")
@@ -732,6 +735,9 @@ class Candidate(Model):
     fp32_nodes: list[str] = Field(
         default_factory=list, description="Mixed precision: the graph nodes this candidate "
                                           "kept in fp32 (none: the whole recipe).")
+    reduced_range_nodes: list[str] = Field(
+        default_factory=list, description="Mixed precision: the graph nodes whose weights this "
+                                          "candidate quantized to 7 bits (reduceRange).")
     chosen: bool = False
     reason: str = ""
 

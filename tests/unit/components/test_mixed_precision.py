@@ -163,7 +163,7 @@ def test_the_search_adds_nodes_in_order_doubling_then_bisecting(tmp_path: Path) 
                for i in range(16)]
 
     def build(fp32: Path, out: Path, options: QuantizeStep, rows: object,
-              keep: list[str]) -> None:
+              keep: list[str], reduced: list[str]) -> None:
         out.write_text(str(len(keep)))
 
     class FixedJudge:
@@ -267,3 +267,70 @@ def test_a_bar_applies_to_auto_and_to_recipes_that_give_one() -> None:
                                  PROBE)
         assert target is not None and target.max_accuracy_drop == 0.02
 
+
+
+# ---------------------------------------------------------------- per-node weight range
+
+
+def _entry(node: str, recipe: str, drop: float, error: float = 0.0):
+    from modelpress.api import SensitivityEntry
+
+    return SensitivityEntry(node=node, op_type="MatMul", nodes=[node], recipe=recipe,
+                            accuracy_drop=drop, output_error=error, rank=1)
+
+
+def test_each_unit_takes_its_cheaper_weight_range_and_the_ranking_follows() -> None:
+    full = [_entry("ffn", "full", 0.006), _entry("key", "full", 0.005),
+            _entry("tie", "full", 0.001, 0.2)]
+    reduced = [_entry("key", "7bit", 0.0001), _entry("ffn", "7bit", 0.008),
+               _entry("tie", "7bit", 0.001, 0.2)]
+    ranking, short = quantize_auto.by_range(full, reduced)
+    assert [(e.node, e.recipe, e.rank) for e in ranking] == [
+        ("ffn", "full", 1), ("tie", "full", 2), ("key", "7bit", 3)]
+    assert short == ("key",)  # a tie keeps 8 bits
+
+
+def test_seeds_are_integer_builds_that_miss_the_bar_but_beat_every_build_within_it() -> None:
+    fast, slow = (Recipe(name, lambda *_: None, QuantizeStep(), {}) for name in ("f", "s"))
+    tried = [Tried(FP32, Path("fp32"), 0.0), Tried("within", Path("w"), 0.002, slow),
+             Tried("fast-miss", Path("f"), 0.004, fast), Tried("near-tie", Path("n"), 0.005, fast),
+             Tried("slow-miss", Path("s"), 0.003, slow)]
+    latencies = {FP32: 150.0, "within": 120.0, "fast-miss": 100.0, "near-tie": 118.0,
+                 "slow-miss": 130.0}
+    assert [t.name for t in quantize_auto.seeds(tried, latencies, Bar(0.0025, 0.0))] == [
+        "fast-miss"]
+    # nothing within the bar but the input, and the input slowest: every integer build
+    assert len(quantize_auto.seeds(tried, latencies, Bar(0.001, 0.0))) == 4
+
+
+def test_reduced_nodes_get_7_bit_weights_and_the_rest_keep_8(tmp_path: Path) -> None:
+    original = fragile_chain(tmp_path / "original.onnx")
+    built = tmp_path / "mixed.onnx"
+    DYNAMIC.build(original, built, [layer(5)], [layer(0), layer(1)])
+    graph = onnx.load(str(built)).graph
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    widest = {node.name: int(np.abs(weights[node.input[1]].astype(np.int32)).max())
+              for node in graph.node if node.op_type == "MatMulInteger"}
+    by_layer = {index: next(v for name, v in widest.items() if name.startswith(layer(index)))
+                for index in range(5)}
+    assert by_layer[0] <= 64 and by_layer[1] <= 64
+    assert min(by_layer[index] for index in (2, 3, 4)) == 127
+    assert any(node.name == layer(5) and node.op_type == "MatMul" for node in graph.node)
+
+
+def test_with_reduced_nodes_the_search_tries_none_in_fp32_first(tmp_path: Path) -> None:
+    ranking = [_entry(f"n{i}", "r", 0.0) for i in range(8)]
+
+    def build(fp32: Path, out: Path, options: QuantizeStep, rows: object,
+              keep: list[str], reduced: list[str]) -> None:
+        out.write_text(f"{len(keep)} {','.join(reduced)}")
+
+    class FixedJudge:
+        def drop(self, path: Path) -> float:
+            return {0: 0.02, 1: 0.004, 2: 0.001}[int(path.read_text().split()[0])]
+
+    tried = keep_in_fp32(Recipe("r", build, QuantizeStep(), {}), tmp_path, ranking,
+                         FixedJudge(), 0.005, tmp_path, ("n0", "n5"))  # type: ignore[arg-type]
+    assert [len(t.fp32_nodes) for t in tried] == [0, 1]
+    assert tried[0].reduced_nodes == ("n0", "n5") and tried[1].reduced_nodes == ("n5",)
+    assert tried[1].name == "r, 1 at 7 bits (1 in fp32)"
