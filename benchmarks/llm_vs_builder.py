@@ -35,6 +35,7 @@ from pydantic import Field
 from modelpress.api import Candidate, Model
 from modelpress.components.llm_export import model_bytes, run_model_builder
 from modelpress.components.llm_metrics import (
+    LlmProbe,
     decode_tokens_per_second,
     prefill_latency_ms,
     speed_prompt,
@@ -49,11 +50,15 @@ JOB = ROOT / "examples" / "smollm2-int4.yaml"
 FP32 = "fp32 (job baseline/)"
 OURS = "modelpress auto"
 DIRECT = {"builder -p int4 -e cpu": "int4", "builder -p int8 -e cpu": "int8"}
-WINDOW_TOKENS = 256
-MAX_WINDOWS = 16
-PREFILL_LENGTHS = [64, 256]
-DECODE_PROMPT = 64
-DECODE_NEW = 64
+# Windows, prompt lengths and the decode definition (prompt tokens, new tokens) are
+# llm_metrics' LlmProbe defaults: the same as the job's validate and benchmark steps and its
+# auto probe, so every decode figure of a run measures the same thing.
+PROBE = LlmProbe()
+WINDOW_TOKENS = PROBE.window_tokens
+MAX_WINDOWS = PROBE.max_windows
+PREFILL_LENGTHS = PROBE.prefill_lengths
+DECODE_PROMPT = PROBE.decode_prompt_tokens
+DECODE_NEW = PROBE.decode_new_tokens
 # The Must-show bar for the modelpress row.
 MIN_AGREEMENT, MAX_PERPLEXITY_INCREASE = 0.90, 0.05
 MIN_DECODE_SPEEDUP, MAX_BYTES_RATIO = 2.5, 0.3

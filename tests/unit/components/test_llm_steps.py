@@ -10,9 +10,11 @@ import pytest
 from pydantic import ValidationError
 
 from modelpress.api import (
+    Benchmark,
     CompressionSpec,
     Generation,
     LlmPoolFigures,
+    Pool,
     PoolBenchmark,
     Promotion,
     QuantizeStep,
@@ -20,9 +22,11 @@ from modelpress.api import (
 )
 from modelpress.components.llm_report import marked
 from modelpress.components.llm_steps import (
+    AUTO_PROBE,
     LlmBar,
     LlmMeasured,
     auto_recipes,
+    benchmark_probe,
     check_recipe,
     choose,
     recipe_of,
@@ -155,6 +159,15 @@ def test_a_near_tie_in_speed_goes_to_the_smaller_and_nothing_within_means_none()
     assert winner is not None and winner.name == "small"
     winner, judged = choose([_measured("bad", 0.5, 0.5, 300.0)], bar)
     assert winner is None and not judged[0].chosen
+
+
+def test_auto_measures_decode_as_the_reported_benchmark_does() -> None:
+    """One decode definition: a candidate's speedup in auto is the one reported later."""
+    reported = benchmark_probe(Pool(name="cpu", device="cpu", threads=1),
+                               Benchmark(iterations=5))
+    assert (AUTO_PROBE.decode_prompt_tokens, AUTO_PROBE.decode_new_tokens) == \
+        (reported.decode_prompt_tokens, reported.decode_new_tokens)
+    assert AUTO_PROBE.window_tokens == reported.window_tokens
 
 
 def test_the_auto_bars_default_to_the_gates_then_to_the_llm_defaults() -> None:
