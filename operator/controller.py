@@ -20,15 +20,11 @@ from pydantic import ValidationError
 
 from modelpress.api import CompressionStatus, RegisteredVersion
 from modelpress.errors import InvalidInput, ModelpressError
-from modelpress.operator import promotion
+from modelpress.operator import kserve, promotion
 from modelpress.operator.backends.base import Backend, BackendError, RunState
+from modelpress.operator.kserve import PromotionRefused
 from modelpress.operator.metrics import JobKey, OperatorMetrics
-from modelpress.operator.promotion import (
-    CanaryStep,
-    DigestMismatch,
-    Promote,
-    PromotionRefused,
-)
+from modelpress.operator.promotion import CanaryStep, DigestMismatch, Promote
 from modelpress.operator.reconcile import (
     TERMINAL_PHASES,
     Action,
@@ -340,7 +336,7 @@ class Controller:
         itself gets it only while the model there is the one the run recorded."""
         service = action.inference_service
         if service:
-            promotion.opted_in_service(self._kserve_api, namespace, service)
+            kserve.opted_in_service(self._kserve_api, namespace, service)
         if action.target:
             self._copy(action.output, action.target, recorded)
         elif service:
@@ -375,16 +371,16 @@ class Controller:
         bytes are checked against the run's record (unless the caller just did)."""
         assert step.inference_service is not None
         name, reference = step.inference_service, f"{job.namespace}/{job.name}"
-        service = promotion.opted_in_service(self._kserve_api, job.namespace, name)
-        change = promotion.rollout_change(service, step, reference)
+        service = kserve.opted_in_service(self._kserve_api, job.namespace, name)
+        change = kserve.rollout_change(service, step, reference)
         if change.patch is None:
-            return promotion.observed_rollout(service, step, reference, change.stable_uri)
+            return kserve.observed_rollout(service, step, reference, change.stable_uri)
         if step.state != "RolledBack" and not verified:
             promotion.check_model(step.uri, recorded)
         self._kserve_api.patch_namespaced_custom_object(
-            promotion.KSERVE_GROUP, promotion.KSERVE_VERSION, job.namespace,
-            promotion.KSERVE_PLURAL, name, change.patch)
-        return promotion.applied_rollout(step, change.stable_uri)
+            kserve.KSERVE_GROUP, kserve.KSERVE_VERSION, job.namespace,
+            kserve.KSERVE_PLURAL, name, change.patch)
+        return kserve.applied_rollout(step, change.stable_uri)
 
     def _registry_refusal(self, job: JobView) -> str | None:
         """Why the job's spec.promotion.registry may not be used from here (a registered

@@ -4,7 +4,8 @@
 Deciding is pure and works on stored results, so editing `spec.promotion` re-judges a
 finished job without re-running it. The gates themselves are judged in `modelpress.gates`,
 the same code the report step and `modelpress run` use. The actions are the only side
-effects, kept in two functions the controller calls.
+effects, kept in two functions the controller calls; the InferenceService's side of a
+rollout is modelpress.operator.kserve.
 
 What is promoted is the model the run produced, not whatever the job's output holds now:
 the output is a place the job's tenant can write, so every file is copied only when the
@@ -14,13 +15,11 @@ cannot write), and a job whose run left no such record is not promoted at all.
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from modelpress import gates, registry
 from modelpress.api import (
@@ -31,20 +30,12 @@ from modelpress.api import (
     RegisteredVersion,
 )
 from modelpress.operator.status import (
-    AWAITING_KSERVE,
-    CANARY_PROMOTED,
-    CANARY_ROLLED_BACK,
-    CANARY_SERVING,
     GATES_FAILED,
     GATES_PASSED,
     NO_RUN_RECORD,
     PROMOTED,
     REGISTRY_UNAVAILABLE,
-    ROLLING_OUT,
-    ROLLOUT_FAILED,
     SERVICE_REFUSED,
-    ConditionStatus,
-    Rollout,
     RolloutState,
     find_condition,
     with_condition,
@@ -57,25 +48,9 @@ from modelpress.store import Store, open_store, sha256_of
 MODEL = "model.onnx"
 BASELINE_FILES = ("baseline.onnx", "baseline.onnx.data")
 BASELINE_FOLDER = "baseline/"  # a language model's fp32 onnxruntime-genai folder
-KSERVE_GROUP, KSERVE_VERSION, KSERVE_PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 # A job's annotation naming the InferenceService ("name", or "namespace/name" with the
 # job's own namespace) to point at the promoted model.
 INFERENCE_SERVICE_ANNOTATION = "modelpress.io/inference-service"
-# The label by which an InferenceService lets modelpress patch it ("enabled").
-PROMOTION_LABEL = "modelpress.io/promotion"
-# The annotation modelpress puts on an InferenceService it rolls a model out to, naming the
-# job ("namespace/name"): who changed the service, for its owners.
-ROLLOUT_ANNOTATION = "modelpress.io/promotion"
-# KServe's deployment mode; 0.20 normalises the legacy RawDeployment to Standard, the mode
-# whose canaries are entries of spec.canary (Knative's is canaryTrafficPercent).
-DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
-STANDARD_MODES = ("Standard", "RawDeployment")
-# KServe conditions whose False means the new revision or canary failed to roll out.
-ROLLOUT_CONDITIONS = ("PredictorReady", "LatestDeploymentReady", "CanaryPredictorReady")
-
-
-class PromotionRefused(Exception):
-    """The InferenceService has not opted in to promotion by modelpress."""
 
 
 class DigestMismatch(Exception):
@@ -203,24 +178,10 @@ def verified(source: Store, key: str, recorded: Mapping[str, str], folder: Path)
     return local
 
 
-def opted_in_service(api: Any, namespace: str, name: str) -> dict[str, Any]:
-    """The InferenceService `namespace/name`; PromotionRefused unless it carries the label
-    `modelpress.io/promotion: enabled` (a service's owners opt in, not a job's author).
-
-    `api` is a kubernetes.client.CustomObjectsApi.
-    """
-    service: dict[str, Any] = api.get_namespaced_custom_object(
-        KSERVE_GROUP, KSERVE_VERSION, namespace, KSERVE_PLURAL, name)
-    labels = (service.get("metadata") or {}).get("labels") or {}
-    if labels.get(PROMOTION_LABEL) != "enabled":
-        raise PromotionRefused(f"InferenceService {namespace}/{name} has not opted in to "
-                               f"promotion: it needs the label {PROMOTION_LABEL}: enabled")
-    return service
-
-
 # ------------------------------------------------------------------ KServe rollout
 # A promoted model reaches an InferenceService as a canary first (docs/kserve-canary.md).
-# What to set is decided here from the service as read; the controller reads and patches.
+# Which step a job's rollout is at is decided here; what to patch on the service as read,
+# and what KServe reports back, in modelpress.operator.kserve.
 
 
 @dataclass(frozen=True)
@@ -233,15 +194,6 @@ class CanaryStep(Promote):
     state: RolloutState = "Canary"
     percent: int = 10
     stable_uri: str | None = None
-
-
-@dataclass(frozen=True)
-class RolloutChange:
-    """The merge patch that brings a service to a step (None: it is there already), and the
-    storageUri it served before the rollout."""
-
-    patch: dict[str, Any] | None
-    stable_uri: str | None
 
 
 def rollout_state(canary: Canary | None) -> RolloutState:
@@ -297,190 +249,6 @@ def with_reasons(status: CompressionStatus, reasons: list[str]) -> CompressionSt
     assert status.promotion is not None
     return status.model_copy(update={"promotion": status.promotion.model_copy(
         update={"reasons": reasons})})
-
-
-def is_standard(service: Mapping[str, Any]) -> bool:
-    """Whether KServe runs `service` as a Standard (raw) deployment, whose canaries are
-    entries of spec.canary (KServe 0.20), rather than on Knative, whose canary is the
-    predictor's canaryTrafficPercent: a spec.canary already there, else the deployment mode
-    its annotation or (for a service whose annotation KServe defaulted) its status names."""
-    if "canary" in (service.get("spec") or {}):
-        return True
-    annotations = (service.get("metadata") or {}).get("annotations") or {}
-    mode = annotations.get(DEPLOYMENT_MODE_ANNOTATION) \
-        or (service.get("status") or {}).get("deploymentMode") or ""
-    return mode in STANDARD_MODES
-
-
-def canary_name(job: str, uri: str) -> str:
-    """The name of a Standard deployment's canary predictor for `job`'s model at `uri` (its
-    Deployment is {service}-{name}-predictor)."""
-    return "mp-" + hashlib.sha256(f"{job}\n{uri}".encode()).hexdigest()[:10]
-
-
-def rollout_change(service: Mapping[str, Any], step: CanaryStep, job: str) -> RolloutChange:
-    """What to patch on `service` (read just before) so that it is where `step` asks, with
-    the annotation naming `job` ("namespace/name")."""
-    predictor = (service.get("spec") or {}).get("predictor") or {}
-    block = _model_block(predictor)
-    current_uri = (predictor.get(block) or {}).get("storageUri")
-    stable = step.stable_uri or (current_uri if current_uri != step.uri else None)
-    spec = _standard_spec(service, step, job, block, stable) if is_standard(service) \
-        else _serverless_spec(predictor, step, block, stable)
-    if not spec:
-        return RolloutChange(None, stable)
-    return RolloutChange({"metadata": {"annotations": {ROLLOUT_ANNOTATION: job}},
-                          "spec": spec}, stable)
-
-
-def _model_block(predictor: Mapping[str, Any]) -> str:
-    """The predictor's block holding storageUri: `model` (the current KServe form), else the
-    framework block an older service names (`onnx`, `sklearn`, ...)."""
-    frameworks = [key for key, value in predictor.items()
-                  if isinstance(value, dict) and "storageUri" in value]
-    return "model" if "model" in predictor or not frameworks else frameworks[0]
-
-
-def _serverless_spec(predictor: Mapping[str, Any], step: CanaryStep, block: str,
-                     stable: str | None) -> dict[str, Any]:
-    """The spec patch on Knative: the new storageUri with canaryTrafficPercent (KServe keeps
-    the last revision rolled out with all traffic as the stable one); promoting removes the
-    percent, so the latest revision takes all traffic; a rollback puts the previous
-    storageUri back with 0%, which pins traffic to the stable revision at once."""
-    current_uri = (predictor.get(block) or {}).get("storageUri")
-    uri, percent = {"Canary": (step.uri, step.percent), "Promoted": (step.uri, None),
-                    "RolledBack": (stable or step.uri, 0)}[step.state]
-    if step.state == "RolledBack" and current_uri != step.uri:
-        return {}  # it does not serve this model (any more): nothing to take back
-    wanted: dict[str, Any] = {}
-    if uri != current_uri:
-        wanted[block] = {"storageUri": uri}
-    if percent != predictor.get("canaryTrafficPercent"):
-        wanted["canaryTrafficPercent"] = percent  # None removes it (a merge patch)
-    return {"predictor": wanted} if wanted else {}
-
-
-def _standard_spec(service: Mapping[str, Any], step: CanaryStep, job: str, block: str,
-                   stable: str | None) -> dict[str, Any]:
-    """The spec patch of a Standard deployment (KServe 0.20): a spec.canary entry named for
-    the job and model, a copy of the stable predictor's model with the new storageUri;
-    promoting names the stable predictor after it with the new storageUri and removes the
-    entry (KServe promotes without a restart); a rollback removes the entry (and, after a
-    promotion, puts the previous storageUri back)."""
-    spec = service.get("spec") or {}
-    predictor = spec.get("predictor") or {}
-    model = dict(predictor.get(block) or {})
-    name = canary_name(job, step.uri)
-    canaries = list(spec.get("canary") or [])
-    others = [entry for entry in canaries if (entry.get("predictor") or {}).get("name") != name]
-    wanted: dict[str, Any] = {}
-    if step.state == "Canary":
-        entry = {"predictor": {"name": name, block: {**model, "storageUri": step.uri}},
-                 "trafficPercent": step.percent}
-        if entry not in canaries:
-            wanted["canary"] = [*others, entry]
-        return wanted
-    if others != canaries:
-        wanted["canary"] = others or None
-    if step.state == "Promoted" and (model.get("storageUri"), predictor.get("name")) \
-            != (step.uri, name):
-        wanted["predictor"] = {"name": name, block: {"storageUri": step.uri}}
-    elif step.state == "RolledBack" and model.get("storageUri") == step.uri and stable:
-        wanted["predictor"] = {block: {"storageUri": stable}}
-    return wanted
-
-
-def applied_rollout(step: CanaryStep, stable_uri: str | None) -> Rollout:
-    """The rollout just patched: KServe has not looked at it yet."""
-    assert step.inference_service is not None
-    if step.state == "RolledBack":
-        ready, reason, message = _rolled_back(step.inference_service)
-    else:
-        ready, reason, message = "Unknown", AWAITING_KSERVE, (
-            f"InferenceService {step.inference_service} was updated; waiting for KServe to "
-            "roll it out")
-    return Rollout(step.inference_service, step.state, step.uri, stable_uri, step.percent,
-                   ready, reason, message)
-
-
-def observed_rollout(service: Mapping[str, Any], step: CanaryStep, job: str,
-                     stable_uri: str | None) -> Rollout:
-    """The rollout as KServe reports it in the status of `service` (read, not patched)."""
-    assert step.inference_service is not None
-    ready, reason, message = _rolled_back(step.inference_service) \
-        if step.state == "RolledBack" else _progress(service, step, job)
-    return Rollout(step.inference_service, step.state, step.uri, stable_uri, step.percent,
-                   ready, reason, message)
-
-
-Progress = tuple[ConditionStatus, str, str]  # a CanaryReady condition: status, reason, message
-
-
-def _rolled_back(service: str) -> Progress:
-    return "False", CANARY_ROLLED_BACK, f"InferenceService {service} serves its previous model"
-
-
-def _progress(service: Mapping[str, Any], step: CanaryStep, job: str) -> Progress:
-    """CanaryReady from what KServe reports: nothing until its status is of the service's
-    current generation; False when a rollout condition is False; else how far it got."""
-    metadata, status = service.get("metadata") or {}, service.get("status") or {}
-    name, generation = metadata.get("name", ""), metadata.get("generation")
-    if status.get("observedGeneration") != generation:
-        return "Unknown", AWAITING_KSERVE, (f"KServe has not yet reported on generation "
-                                            f"{generation} of InferenceService {name}")
-    for condition in status.get("conditions") or []:
-        if condition.get("type") in ROLLOUT_CONDITIONS and condition.get("status") == "False":
-            return "False", ROLLOUT_FAILED, (
-                f"InferenceService {name}: {condition.get('type')} is False "
-                f"({condition.get('reason', '')}): {condition.get('message', '')}")
-    if is_standard(service):
-        return _standard_progress(status, step, canary_name(job, step.uri), name)
-    return _serverless_progress(status, step, name)
-
-
-def _serverless_progress(status: Mapping[str, Any], step: CanaryStep, name: str) -> Progress:
-    """From status.components.predictor: the latest revision ready, its traffic share (the
-    entries marked latestRevision), and after a promotion the latest rolled-out revision."""
-    predictor = (status.get("components") or {}).get("predictor") or {}
-    created, ready = predictor.get("latestCreatedRevision"), predictor.get("latestReadyRevision")
-    if not ready or (created and created != ready):
-        return "Unknown", ROLLING_OUT, (f"revision {created or '(new)'} of InferenceService "
-                                        f"{name} is not ready yet")
-    share = sum(int(target.get("percent") or 0) for target in predictor.get("traffic") or []
-                if target.get("latestRevision"))
-    wanted = 100 if step.state == "Promoted" else step.percent
-    if share != wanted:
-        return "Unknown", ROLLING_OUT, (f"revision {ready} of InferenceService {name} has "
-                                        f"{share}% of traffic; waiting for {wanted}%")
-    stable = predictor.get("latestRolledoutRevision")
-    if step.state == "Promoted":
-        if stable != ready:
-            return "Unknown", ROLLING_OUT, f"revision {ready} is not yet rolled out"
-        return "True", CANARY_PROMOTED, f"revision {ready} of {name} serves all traffic"
-    return "True", CANARY_SERVING, (f"revision {ready} of {name} serves {wanted}% of traffic, "
-                                    f"revision {stable} the rest")
-
-
-def _standard_progress(status: Mapping[str, Any], step: CanaryStep, canary: str,
-                       name: str) -> Progress:
-    """From status.canaryStatuses (KServe 0.20): the job's canary ready with its share; after
-    a promotion, the entry gone and the predictor ready."""
-    entry = next((item for item in status.get("canaryStatuses") or []
-                  if item.get("name") == canary), None)
-    if step.state == "Promoted":
-        predictor_ready = any(c.get("type") == "PredictorReady" and c.get("status") == "True"
-                              for c in status.get("conditions") or [])
-        if entry is not None or not predictor_ready:
-            return "Unknown", ROLLING_OUT, (f"predictor {canary} of InferenceService {name} "
-                                            "is not yet the only one serving")
-        return "True", CANARY_PROMOTED, f"predictor {canary} of {name} serves all traffic"
-    if entry is None or not entry.get("ready"):
-        return "Unknown", ROLLING_OUT, f"canary {canary} of InferenceService {name} is not ready"
-    share = int(entry.get("trafficPercent") or 0)
-    if share != step.percent:
-        return "Unknown", ROLLING_OUT, (f"canary {canary} of InferenceService {name} has "
-                                        f"{share}% of traffic; waiting for {step.percent}%")
-    return "True", CANARY_SERVING, f"canary {canary} of {name} serves {share}% of traffic"
 
 
 # ------------------------------------------------------------------ model registry

@@ -88,7 +88,7 @@ def _dotted(node: ast.AST) -> str:
 
 
 def _value(node: ast.AST, module: Any) -> Any:
-    """A constant, or a name / attribute the module resolves (e.g. promotion.KSERVE_GROUP)."""
+    """A constant, or a name / attribute the module resolves (e.g. kserve.KSERVE_GROUP)."""
     if isinstance(node, ast.Constant):
         return node.value
     if isinstance(node, ast.Name):

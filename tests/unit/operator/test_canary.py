@@ -17,17 +17,9 @@ from opfixtures import NOW, Events, FakeBackend, apply, in_flight, run_results, 
 from modelpress.api import Canary, CompressionStatus, Promotion, PromotionStatus
 from modelpress.operator.backends.base import RunState
 from modelpress.operator.controller import Controller
+from modelpress.operator.kserve import canary_name, is_standard, observed_rollout, rollout_change
 from modelpress.operator.metrics import OperatorMetrics
-from modelpress.operator.promotion import (
-    CanaryStep,
-    Promote,
-    canary_name,
-    canary_step,
-    first_step,
-    is_standard,
-    observed_rollout,
-    rollout_change,
-)
+from modelpress.operator.promotion import CanaryStep, Promote, canary_step, first_step
 from modelpress.operator.reconcile import Config, JobView
 from modelpress.operator.status import Rollout, find_condition, rolled_out
 from modelpress.store import sha256_of

@@ -12,12 +12,8 @@ from opfixtures import results
 from modelpress.api import Promotion
 from modelpress.errors import StoreError
 from modelpress.gates import condition_error, judge
-from modelpress.operator.promotion import (
-    CanaryStep,
-    copy_to_target,
-    promoted_files,
-    rollout_change,
-)
+from modelpress.operator.kserve import rollout_change
+from modelpress.operator.promotion import CanaryStep, copy_to_target, promoted_files
 from modelpress.store import sha256_of
 
 GPU_DOWN = [{"pool": "gpu", "device": "cuda", "available": False,
