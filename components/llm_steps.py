@@ -32,7 +32,12 @@ from modelpress.api import (
     QuantizeStep,
     TextGenerationFigures,
 )
-from modelpress.components.llm_export import LlmRecipe, build_genai_folder, model_bytes
+from modelpress.components.llm_export import (
+    LayerOverride,
+    LlmRecipe,
+    build_genai_folder,
+    model_bytes,
+)
 from modelpress.components.llm_metrics import (
     TOKENIZER_FILE,
     LlmProbe,
@@ -45,6 +50,7 @@ from modelpress.components.llm_metrics import (
     teacher_forced,
     token_windows,
 )
+from modelpress.components.llm_sensitivity import LayerSensitivity, rank_layers
 from modelpress.components.modelio import Manifest, read_manifest, write_manifest
 from modelpress.components.result import timed
 from modelpress.errors import InvalidInput
@@ -70,6 +76,10 @@ NEAR_TIE = 0.02
 # benchmarks/llm_vs_builder.py use too: a candidate's speedup here is the one reported later.
 _AUTO_WINDOWS = 8
 AUTO_PROBE = LlmProbe(rounds=3, warmup=1)
+# Auto's mixed candidates: int8 block MIXED_BLOCK with this many of the layers least sensitive
+# to int4 (llm_sensitivity) in int4; a model with fewer layers gets one less than it has.
+MIXED_COUNTS = (2, 4)
+MIXED_BLOCK = 64
 # The reported benchmark: rounds at most this many (decode runs are long).
 MAX_BENCHMARK_ROUNDS = 5
 
@@ -158,20 +168,24 @@ def _odd_block_rows(config: dict[str, Any], block_size: int) -> int | None:
                  if width and -(-int(width) // block_size) % 2), None)
 
 
-def auto_recipes(config: dict[str, Any]) -> dict[str, LlmRecipe]:
-    """The recipes auto tries (docs/llm.md): int8 at block 32 and 64; int4 at block 64 and
-    128, RTN and k-quant (when the model's rows split into an even number of blocks), with
-    an int8 lm_head (and embedding, when tied); int4 with an fp32 head; and the builder's
-    direct `-p int4` shape, everything int4. int4 block 32 is left out: the builtin model's
-    weights went through 32-weight Q4_1 blocks once. HQQ is left out too
-    (still a fixed-mode algorithm): on SmolLM2-135M it took 240 s to build and decoded at
-    0.23x fp32, because its MatMulNBits carry float zero points and no accuracy_level, so
-    it never wins on speed and costs more than every other candidate together."""
+def auto_recipes(config: dict[str, Any], least_sensitive: Sequence[int] = ()
+                 ) -> dict[str, LlmRecipe]:
+    """The recipes auto tries (docs/llm.md): int8 at block 32 and 64; int8 at block 64 with
+    the first MIXED_COUNTS layers of `least_sensitive` (llm_sensitivity's ranking) in int4;
+    int4 at block 64 and 128, RTN and k-quant (when the model's rows split into an even
+    number of blocks), with an int8 lm_head (and embedding, when tied); int4 with an fp32
+    head; and the builder's direct `-p int4` shape, everything int4. int4 block 32 is left
+    out of every other candidate: the builtin model's weights went through 32-weight Q4_1
+    blocks once. HQQ is left out too (still a fixed-mode algorithm): on SmolLM2-135M it
+    took 240 s to build and decoded at 0.23x fp32, because its MatMulNBits carry float zero
+    points and no accuracy_level, so it never wins on speed and costs more than every other
+    candidate together."""
     tied = bool(config.get("tie_word_embeddings", False))
     head8: dict[str, Any] = {"lm_head": "int8", "embeddings": "int8" if tied else "fp32"}
     recipes = {
         "int8": LlmRecipe(weights="int8", **head8),
         "int8-b64": LlmRecipe(weights="int8", block_size=64, **head8),
+        **_mixed_recipes(least_sensitive, head8),
         "int4-rtn-b64-head-int8": LlmRecipe(weights="int4", block_size=64, **head8),
         "int4-rtn-b128-head-int8": LlmRecipe(weights="int4", block_size=128, **head8),
         "int4-kquant-b64-head-int8": LlmRecipe(weights="int4", algorithm="k_quant",
@@ -182,6 +196,21 @@ def auto_recipes(config: dict[str, Any]) -> dict[str, LlmRecipe]:
     }
     return {name: recipe for name, recipe in recipes.items()
             if recipe.algorithm != "k_quant" or _odd_block_rows(config, recipe.block_size) is None}
+
+
+def _mixed_recipes(least_sensitive: Sequence[int], head8: dict[str, Any]
+                   ) -> dict[str, LlmRecipe]:
+    """int8 block MIXED_BLOCK with the k least sensitive layers in int4, for each k of
+    MIXED_COUNTS (capped at all layers but one, so the body stays mixed)."""
+    counts = sorted({min(count, len(least_sensitive) - 1) for count in MIXED_COUNTS})
+    recipes = {}
+    for count in (count for count in counts if count > 0):
+        layers = list(least_sensitive[:count])
+        name = f"int8-b{MIXED_BLOCK}-int4-layers-{'-'.join(map(str, layers))}"
+        recipes[name] = LlmRecipe(weights="int8", block_size=MIXED_BLOCK,
+                                  layer_overrides=[LayerOverride(layers=layers, weights="int4")],
+                                  **head8)
+    return recipes
 
 
 # ----------------------------------------------------------------------------- quantize
@@ -268,7 +297,9 @@ def auto_quantize(original: Path, texts: LlmTexts, bar: LlmBar, threads: int,
     baseline = original / BASELINE_GENAI
     scratch = target.parent / "candidates"
     config = json.loads((original / HF_FOLDER / "config.json").read_text(encoding="utf-8"))
-    built, failed = _build_all(original / HF_FOLDER, auto_recipes(config), texts, scratch)
+    ranking, ranked = _ranking(original / HF_FOLDER, texts.calibration, threads)
+    recipes = auto_recipes(config, [entry.layer for entry in ranking])
+    built, failed = _build_all(original / HF_FOLDER, recipes, texts, scratch)
     measured = _measure_all(baseline, built, texts.calibration, threads) + [
         LlmMeasured(name=name, folder=None, error=error) for name, error in failed.items()]
     winner, judged = choose(measured, bar)
@@ -277,7 +308,20 @@ def auto_quantize(original: Path, texts: LlmTexts, bar: LlmBar, threads: int,
     summary = (f"auto chose {winner.name} ({winner.tokens_per_second:.1f} tokens/s, drop "
                f"{winner.accuracy_drop:.4f}, perplexity {winner.perplexity_increase:+.2%})"
                if winner else "no recipe kept within the bar; the model stays fp32")
-    return judged, summary
+    return judged, f"{ranked}; {summary}"
+
+
+def _ranking(hf: Path, calibration: Sequence[str], threads: int
+             ) -> tuple[list[LayerSensitivity], str]:
+    """llm_sensitivity's ranking and the line the quantize message names it with; an
+    architecture without a findable list of decoder layers gets no mixed candidates."""
+    try:
+        ranking = rank_layers(hf, calibration, MIXED_BLOCK, threads)
+    except ValueError as error:
+        return [], f"no per-layer int4 ranking ({error})"
+    shown = ", ".join(f"{entry.layer} (KL {entry.kl:.4f})" for entry in ranking[:max(MIXED_COUNTS)])
+    return ranking, (f"layers least sensitive to int4 block {MIXED_BLOCK} on calibration "
+                     f"text: {shown}")
 
 
 def _build_all(hf: Path, recipes: dict[str, LlmRecipe], texts: LlmTexts,

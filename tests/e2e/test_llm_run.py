@@ -18,6 +18,8 @@ import yaml
 
 from modelpress.components import llm_metrics
 from modelpress.components.llm_metrics import LlmProbe
+from modelpress.components.llm_sensitivity import rank_layers
+from modelpress.components.llm_steps import MIXED_BLOCK
 from modelpress.components.llm_zoo import english_text, tiny_llama_folder
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -143,6 +145,17 @@ def test_auto_never_ships_a_candidate_that_misses_the_bar(auto_run) -> None:
     assert chosen[0]["tokensPerSecond"] >= 0.98 * max(c["tokensPerSecond"] for c in qualified)
     report = (output / "report.html").read_text()
     assert all(c["name"] in report for c in candidates)
+
+
+def test_auto_mixes_int4_into_the_layer_least_sensitive_on_calibration_text(
+        llama: Path, auto_run) -> None:
+    """The ranking is recomputed here, in another process, from the same calibration text:
+    the 2-layer model's mixed candidate puts its least sensitive layer in int4."""
+    completed, output = auto_run
+    assert completed.returncode in (0, 3), completed.stderr[-3000:]
+    least = rank_layers(llama, english_text("train"), MIXED_BLOCK)[0].layer
+    names = [c["name"] for c in _results(output)["candidates"]]
+    assert f"int8-b{MIXED_BLOCK}-int4-layers-{least}" in names
 
 
 def test_a_step_that_does_not_fit_the_task_is_one_line_exit_2(llama: Path,
