@@ -26,6 +26,7 @@ from modelpress.operator.kserve import PromotionRefused
 from modelpress.operator.metrics import JobKey, OperatorMetrics
 from modelpress.operator.promotion import CanaryStep, DigestMismatch, Promote
 from modelpress.operator.reconcile import (
+    FINALIZER,
     TERMINAL_PHASES,
     Action,
     Checked,
@@ -89,7 +90,8 @@ def view_of(body: Mapping[str, Any]) -> JobView:
                    uid=metadata.get("uid", ""), generation=int(metadata.get("generation", 1)),
                    resource_version=str(metadata.get("resourceVersion", "")),
                    spec=dict(body.get("spec") or {}), status=dict(body.get("status") or {}),
-                   annotations=dict(metadata.get("annotations") or {}))
+                   annotations=dict(metadata.get("annotations") or {}),
+                   has_finalizer=FINALIZER in (metadata.get("finalizers") or []))
 
 
 def read_results(output: str) -> RunResults:
@@ -180,6 +182,11 @@ class Controller:
             for action in finalize(job):
                 self._perform(action, status, job, emit)
                 self._slot_freed(job.namespace)
+        self.forget(job)
+
+    def forget(self, job: JobView) -> None:
+        """Drop what this process keeps about a deleted job (its metric series too)."""
+        with self._lock_for(job.uid):
             self.metrics.forget(self._key(job))
             self._written.pop(job.uid, None)
             self._recorded.discard(job.uid)
@@ -211,6 +218,8 @@ class Controller:
     def _observe(self, job: JobView) -> Observation:
         now = self._clock()
         status = parse_status(job.status)
+        if status.run_id is None and not job.has_finalizer:
+            return Observation(now=now, slot_free=False)  # a deletion could not stop its run
         if status.run_id is None:
             return self._observe_capacity(now, job.namespace)
         if status.phase in TERMINAL_PHASES:

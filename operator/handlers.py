@@ -1,12 +1,16 @@
 """kopf handlers: thin entries into the controller and its ticker.
 
 A brand-new job gets its first status from the intake (no backend involved), in kopf's
-first processing cycle. From then on one ticker (operator/ticker.py) syncs the jobs whose
-state can change (see operator/scheduling.py); the handlers only tell it what the watch
-stream brought: a job first seen (e.g. after a restart), an edit. Deleting a job runs the
-finalizer. The controller comes through kopf's `memo` (see main.run_operator); the ticker
-is made at startup and started by the first job event, whose context holds kopf's Event
-poster.
+first processing cycle; kopf puts the finalizer on in the next (the echo of that write),
+so the first cycle costs one request, not a status and a finalizer patch whose echo made
+kopf try the finalizer a second time (a 422 and a third cycle per job). No run is
+submitted before the finalizer is on (scheduling.Schedule.waiting, Controller._observe).
+From then on one ticker (operator/ticker.py) syncs the jobs whose state can change (see
+operator/scheduling.py); the handlers only tell it what the watch stream brought: a job
+first seen (e.g. after a restart), an edit, its finalizer. Deleting a job runs the
+finalizer; a job deleted before its finalizer was on (it had no run) is just forgotten.
+The controller comes through kopf's `memo` (see main.run_operator); the ticker is made at
+startup and started by the first job event, whose context holds kopf's Event poster.
 """
 
 from __future__ import annotations
@@ -20,12 +24,11 @@ from modelpress.api import API_GROUP, API_VERSION, KIND
 from modelpress.crd import PLURAL
 from modelpress.operator.config import OperatorSettings
 from modelpress.operator.controller import EventSink, view_of
-from modelpress.operator.reconcile import JobView
+from modelpress.operator.reconcile import FINALIZER, JobView
 from modelpress.operator.ticker import KubeStatusWriter, Ticker, kube_api
 
 RETRY_SECONDS = 10.0
 KOPF_PREFIX = f"kopf.{API_GROUP}"
-FINALIZER = f"{API_GROUP}/finalizer"
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
@@ -79,9 +82,9 @@ def _brand_new(body: kopf.Body, event: kopf.RawEvent, **_: Any) -> bool:
 
 @kopf.on.event(API_GROUP, API_VERSION, PLURAL, when=_brand_new)
 async def intake(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    """A new job's first status (Pending, or Failed for an invalid spec), written in the
-    processing cycle in which kopf adds its finalizer; the ticker admits it when a slot is
-    free. Pure and quick, so it runs on the event loop."""
+    """A new job's first status (Pending, or Failed for an invalid spec), written in kopf's
+    first processing cycle of the job; the ticker admits it when its finalizer is on and a
+    slot is free. Pure and quick, so it runs on the event loop."""
     job = view_of(body)
     status = memo.controller.accept(job, _events_of(body))
     patch.status.update(status)
@@ -105,7 +108,16 @@ async def observe(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.ticker.start()
 
 
-@kopf.on.delete(API_GROUP, API_VERSION, PLURAL)
+def _needs_finalizer(body: kopf.Body, **_: Any) -> bool:
+    """From the intake's first status on (or with the finalizer already on): kopf adds the
+    finalizer, and runs `finalize` on deletion, only for such jobs. The filter is what makes
+    kopf wait a cycle rather than patch the finalizer beside the intake's status."""
+    metadata = body.get("metadata", {})
+    return bool((body.get("status") or {}).get("phase")) \
+        or FINALIZER in (metadata.get("finalizers") or [])
+
+
+@kopf.on.delete(API_GROUP, API_VERSION, PLURAL, when=_needs_finalizer)
 def finalize(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     job = view_of(body)
     try:
@@ -113,6 +125,20 @@ def finalize(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     except Exception as error:  # counted in the metrics, then kopf retries the handler
         memo.controller.record_error(job, error)
         raise kopf.TemporaryError(f"finalizing failed: {error}", delay=RETRY_SECONDS) from error
+    memo.ticker.forget(job.uid)
+
+
+def _deleted(event: kopf.RawEvent, **_: Any) -> bool:
+    return event.get("type") == "DELETED"
+
+
+@kopf.on.event(API_GROUP, API_VERSION, PLURAL, when=_deleted)
+def forget(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A job gone: one deleted before its finalizer was on never reached `finalize`, so
+    its place in the schedule and its metric series go here (again, harmlessly, for one
+    that did)."""
+    job = view_of(body)
+    memo.controller.forget(job)
     memo.ticker.forget(job.uid)
 
 

@@ -264,6 +264,29 @@ def test_a_changed_spec_is_acted_on_in_its_new_generation() -> None:
     assert view.status is not None and view.status["promotion"]["decision"] == "Rejected"
 
 
+def test_no_run_is_submitted_before_the_finalizer_is_on() -> None:
+    """Deleting such a job could not stop its run: it stays queued, the backend unasked."""
+    backend, events = FakeBackend(), Events()
+    controller = _controller(backend)
+    bare = replace(job(), has_finalizer=False)
+    view = apply(bare, controller.accept(bare, events))
+    assert controller.sync(view, events) == {}
+    assert backend.submitted == [] and backend.capacity_checks == 0
+    assert controller.sync(replace(view, has_finalizer=True), events)["runId"] == "run-1"
+
+
+def test_a_job_deleted_before_its_finalizer_is_forgotten(
+        parses: list[tuple[str, int]]) -> None:
+    controller = _controller(FakeBackend())
+    bare = replace(job(), has_finalizer=False)
+    controller.accept(bare, Events())
+    controller.forget(bare)
+    assert controller.metrics.registry.get_sample_value(
+        "modelpress_jobs", {"namespace": "ml", "phase": "Pending"}) is None
+    controller.accept(bare, Events())  # the same uid again: nothing of it was kept
+    assert parses == [("uid-1", 1), ("uid-1", 1)]
+
+
 def test_a_deleted_job_is_forgotten(parses: list[tuple[str, int]]) -> None:
     controller = _controller(FakeBackend())
     view = apply(job(), controller.sync(job(), Events()))
@@ -279,3 +302,6 @@ def test_view_of_a_kopf_body() -> None:
     view = view_of(body)
     assert (view.namespace, view.name, view.uid, view.generation) == ("ml", "digits", "u", 4)
     assert view.status == {"phase": "Running"} and view.annotations == {"a": "b"}
+    assert not view.has_finalizer
+    body["metadata"]["finalizers"] = ["other.io/keep", "modelpress.io/finalizer"]
+    assert view_of(body).has_finalizer

@@ -47,6 +47,20 @@ def test_queued_jobs_wait_in_arrival_order_and_are_never_polled() -> None:
     assert schedule.due(now=1000.0) == [] and schedule.next_due() is None
 
 
+def test_a_job_is_offered_a_slot_only_once_its_finalizer_is_on() -> None:
+    schedule = Schedule(POLL)
+    schedule.synced(view("a"), QUEUED, now=0.0)
+    bare = replace(view("b"), has_finalizer=False)
+    schedule.synced(bare, QUEUED, now=0.0)
+    assert [j.uid for j in schedule.waiting(now=0.0)] == ["a"]
+    assert not schedule.is_news(replace(bare, resource_version="2"))  # an echo of a write
+    finalized = replace(bare, has_finalizer=True)
+    assert schedule.is_news(finalized)
+    assert schedule.observe(finalized, now=1.0)  # an admission pass is due
+    assert [j.uid for j in schedule.waiting(now=1.0)] == ["a", "b"]
+    assert schedule.due(now=1.0) == []  # still waits for a slot, not polled
+
+
 def test_an_admitted_job_is_polled_every_interval_and_leaves_the_queue() -> None:
     schedule = Schedule(POLL)
     schedule.synced(view("a"), QUEUED, now=0.0)
