@@ -21,7 +21,7 @@ from modelpress.operator.backends.base import BackendError
 from modelpress.operator.backends.local import LocalBackend
 from modelpress.operator.controller import Controller, view_of
 from modelpress.operator.metrics import JobKey, OperatorMetrics
-from modelpress.operator.reconcile import Config
+from modelpress.operator.reconcile import FINALIZER, Config
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS_EXAMPLE = ROOT / "examples" / "digits-prune-quantize.yaml"
@@ -96,7 +96,8 @@ class LocalOperator:
     @classmethod
     def for_digits(cls, metrics: OperatorMetrics, workdir: Path, output: Path) -> LocalOperator:
         body = yaml.safe_load(DIGITS_EXAMPLE.read_text(encoding="utf-8"))
-        body["metadata"].update(uid=str(uuid.uuid4()), generation=1, resourceVersion="1")
+        body["metadata"].update(uid=str(uuid.uuid4()), generation=1, resourceVersion="1",
+                                finalizers=[FINALIZER])  # as kopf puts it on
         body["spec"]["output"] = output.as_uri()
         config = Config(default_output=output.as_uri(),
                         namespace_prefixes=(output.as_uri() + "/",))  # the job's own output

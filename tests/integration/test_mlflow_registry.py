@@ -34,7 +34,7 @@ from typer.testing import CliRunner
 from modelpress.operator.backends.local import LocalBackend
 from modelpress.operator.controller import Controller, view_of
 from modelpress.operator.metrics import OperatorMetrics
-from modelpress.operator.reconcile import Config, JobView
+from modelpress.operator.reconcile import FINALIZER, Config, JobView
 
 HERE = Path(__file__).resolve().parent
 FAKES = HERE / "operator"
@@ -70,7 +70,8 @@ def _job(uid: str, registry: dict[str, Any], gates: dict[str, Any] | None = None
          name: str = "digits") -> JobView:
     document = yaml.safe_load((HERE.parents[1] / "examples" / "digits-prune-quantize.yaml")
                               .read_text())
-    document["metadata"].update(name=name, namespace="ml", uid=uid, generation=1)
+    document["metadata"].update(name=name, namespace="ml", uid=uid, generation=1,
+                                finalizers=[FINALIZER])
     document["spec"]["promotion"] = {"gates": gates or {"minCompressionRatio": 3.0},
                                      "registry": registry}
     return view_of(document)

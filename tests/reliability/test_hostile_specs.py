@@ -42,6 +42,7 @@ from modelpress.operator.backends.base import RunRequest, RunState
 from modelpress.operator.controller import Controller, view_of
 from modelpress.operator.metrics import OperatorMetrics
 from modelpress.operator.reconcile import (
+    FINALIZER,
     Config,
     Decision,
     EmitEvent,
@@ -330,7 +331,8 @@ class _Backend:
 def _body(spec: Json, status: Json | None = None, generation: int = 1) -> dict[str, Json]:
     return {"apiVersion": "modelpress.io/v1alpha1", "kind": "CompressionJob",
             "metadata": {"name": "hostile", "namespace": "ml", "uid": "uid-1",
-                         "generation": generation, "resourceVersion": "7"},
+                         "generation": generation, "resourceVersion": "7",
+                         "finalizers": [FINALIZER]},
             "spec": spec, "status": status or {}}
 
 

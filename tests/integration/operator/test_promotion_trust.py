@@ -18,7 +18,7 @@ import yaml
 from modelpress.operator.backends.local import LocalBackend
 from modelpress.operator.controller import Controller, view_of
 from modelpress.operator.metrics import OperatorMetrics
-from modelpress.operator.reconcile import Config, JobView
+from modelpress.operator.reconcile import FINALIZER, Config, JobView
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
@@ -40,7 +40,8 @@ def _controller(tmp_path: Path) -> Controller:
 
 def _job(tmp_path: Path) -> JobView:
     document = yaml.safe_load((ROOT / "examples" / "digits-prune-quantize.yaml").read_text())
-    document["metadata"].update(name="digits", namespace="ml", uid="uid-1", generation=1)
+    document["metadata"].update(name="digits", namespace="ml", uid="uid-1", generation=1,
+                                finalizers=[FINALIZER])
     document["spec"]["promotion"] = {"target": f"{tmp_path.as_uri()}/models/ml/prod"}
     return view_of(document)
 
