@@ -252,11 +252,16 @@ def _judged(fp32: Path, scratch: Path, tried: list[Tried], failed: dict[str, str
     measured = measure(everything, failed, judge.decision, bar, target, first)
     winner, judged = choose(measured, bar.limit, objective="latency")
     by_name = {t.name: t for t in everything}
-    candidates = [c.as_candidate().model_copy(update={
-        "fp32_nodes": list(by_name[c.name].fp32_nodes) if c.name in by_name else [],
-        "reduced_range_nodes": list(by_name[c.name].reduced_nodes) if c.name in by_name
-        else []}) for c in judged]
+    candidates = [_with_nodes(c.as_candidate(), by_name.get(c.name)) for c in judged]
     return (by_name[winner.name] if winner else None), candidates + dropped, mixed
+
+
+def _with_nodes(candidate: Candidate, build: Tried | None) -> Candidate:
+    """The candidate with the nodes its build kept in fp32 and gave 7-bit weights."""
+    if build is None:
+        return candidate
+    return candidate.model_copy(update={"fp32_nodes": list(build.fp32_nodes),
+                                        "reduced_range_nodes": list(build.reduced_nodes)})
 
 
 def auto_quantize(fp32: Path, scratch: Path, task: str, decision: Arrays,
