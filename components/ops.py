@@ -71,6 +71,19 @@ def quantize_op(name: str, options: str, probe: str, original: Input[Model],
                        Path(model_out.path), Path(ledger.path)))
 
 
+def candidate_op(name: str, candidate: str, original: Input[Model],
+                 ledger_in: Input[Artifact], model_out: Output[Model],
+                 ledger: Output[Artifact]) -> None:
+    """A verification run's model: the files the operator staged (`candidate`, a
+    StagedCandidate as JSON), each checked against its sha256 (components.candidate)."""
+    from pathlib import Path
+
+    from modelpress.components.ops_runtime import run_candidate
+
+    run_candidate(name, candidate, Path(original.path), Path(ledger_in.path),
+                  Path(model_out.path), Path(ledger.path))
+
+
 def validate_op(name: str, original: Input[Model], datasets: Input[Artifact],
                 model_in: Input[Model], ledger_in: Input[Artifact], compressed: Output[Model],
                 ledger: Output[Artifact]) -> None:
@@ -118,8 +131,8 @@ def report_op(name: str, job_name: str, output: str, promotion: str, original: I
 
 def make_ops(image: str) -> dict[str, Any]:
     """The components with `image` as their base image, by function name."""
-    functions = (fetch_op, prune_op, distill_op, decompose_op, quantize_op, validate_op,
-                 select_op, benchmark_op, report_op)
+    functions = (fetch_op, prune_op, distill_op, decompose_op, quantize_op, candidate_op,
+                 validate_op, select_op, benchmark_op, report_op)
     # The step image ships modelpress and kfp, so no step pip-installs anything at start.
     return {fn.__name__: dsl.component(fn, base_image=image, install_kfp_package=False)
             for fn in functions}

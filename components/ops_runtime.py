@@ -23,6 +23,7 @@ from modelpress.api import (
     Promotion,
     PruneStep,
     QuantizeStep,
+    StagedCandidate,
 )
 from modelpress.components.data import Arrays, load_arrays
 from modelpress.components.splits import VALIDATION
@@ -216,6 +217,16 @@ def run_validate(name: str, original: Path, chain: Chain) -> None:
         return validate(original, chain.model_in, _eval(chain.datasets), chain.model_out)
 
     _recorded(name, _appended(chain.ledger_in, step), chain.ledger_out)
+
+
+def run_candidate(name: str, candidate: str, original: Path, ledger_in: Path, model_out: Path,
+                  ledger_out: Path) -> None:
+    """A verification run's model: `candidate` is the StagedCandidate as JSON."""
+    from modelpress.components.candidate import take_candidate
+
+    staged = StagedCandidate.model_validate_json(candidate)
+    _recorded(name, _appended(ledger_in, lambda: take_candidate(staged, original, model_out)),
+              ledger_out)
 
 
 def run_select(name: str, spec: str, probe: str, auto_bar: float, output: str, original: Path,

@@ -885,6 +885,37 @@ class PromotionStatus(Model):
                                           "is refused when what it reads differs.")
 
 
+class StagedCandidate(Model):
+    """A run's model files as the operator copied them where only the platform writes, with
+    the sha256 it computed of the very bytes it wrote (docs/verification.md)."""
+
+    uri: str = Field(description="The platform's copy, under MODELPRESS_VERIFY_PREFIX.")
+    sha256: dict[str, str] = Field(description="sha256 of each staged file, by name: the "
+                                               "operator's own record, not the run's.")
+
+
+class ReportedFigures(Model):
+    """The headline figures a run reported itself (kept beside the verified ones)."""
+
+    compression_ratio: float
+    accuracy_drop: float
+    speedup: dict[str, float] = Field(default_factory=dict)
+
+
+class VerificationStatus(Model):
+    """The platform's own measurement of a Kubeflow run's model: staged, re-measured by a
+    run in the platform's namespace, judged on its figures (docs/verification.md)."""
+
+    phase: Literal["Staged", "Running", "Succeeded", "Failed"]
+    candidate: StagedCandidate
+    output: str = Field(description="Where the verification run publishes its results.")
+    run_id: str | None = None
+    message: str | None = None
+    reported: ReportedFigures | None = Field(
+        default=None, description="What the job's own run reported, once the verified "
+                                  "figures (status.results) replaced them.")
+
+
 class Condition(Model):
     type: str
     status: Literal["True", "False", "Unknown"]
@@ -903,6 +934,7 @@ class CompressionStatus(Model):
     steps: list[StepStatus] = Field(default_factory=list)
     results: Results | None = None
     promotion: PromotionStatus | None = None
+    verification: VerificationStatus | None = None
     artifacts: dict[str, str] = Field(default_factory=dict)
     conditions: list[Condition] = Field(default_factory=list)
 

@@ -176,6 +176,15 @@ class PromotionVerdict(Model):
                                            "otherwise.")
 
 
+class CandidateRecord(StepRecord):
+    """A verification run's model: the files the operator staged, each checked against the
+    sha256 it computed while staging them (docs/verification.md)."""
+
+    kind: Literal["candidate"] = "candidate"
+    uri: str
+    sha256: dict[str, str]
+
+
 class ReportRecord(StepRecord):
     kind: Literal["report"] = "report"
     artifacts: Artifacts
@@ -188,12 +197,13 @@ class ReportRecord(StepRecord):
 
 LedgerRecord = Annotated[
     FetchRecord | PruneRecord | DistillRecord | DecomposeRecord | QuantizeRecord
-    | ValidateRecord | BenchmarkRecord | SelectRecord | ReportRecord,
+    | ValidateRecord | BenchmarkRecord | SelectRecord | CandidateRecord | ReportRecord,
     Field(discriminator="kind")]
 Ledger = list[LedgerRecord]
 _LEDGER: TypeAdapter[Ledger] = TypeAdapter(Ledger)
 # The records of steps that change the model (what lineage names as its producer).
-MODEL_CHANGING = (PruneRecord, DistillRecord, DecomposeRecord, QuantizeRecord, SelectRecord)
+MODEL_CHANGING = (PruneRecord, DistillRecord, DecomposeRecord, QuantizeRecord, SelectRecord,
+                  CandidateRecord)
 R = TypeVar("R", bound=StepRecord)
 
 

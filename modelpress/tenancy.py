@@ -122,3 +122,33 @@ def registered_model_refused(name: str, namespace: str, templates: Sequence[str]
     allowed = ", ".join(patterns) or "none are configured"
     return (f"spec.promotion.registry.model: {name} is not a registered model of namespace "
             f"{namespace} (allowed: {allowed})")
+
+
+# A namespace name as Kubernetes allows it (a DNS label): what `{namespace}` stands for.
+_NAMESPACE_PATTERN = "[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_SENTINEL = "zz0namespace0zz"
+
+
+def reachable_by_tenants(location: str, templates: Sequence[str]) -> str | None:
+    """One line when `location` overlaps a tenant's prefix for some namespace: lies under
+    one, or holds one (so a job of that namespace could write there, or there is a
+    namespace, existing or future, whose tenants could); None when no namespace can reach
+    it. What the platform's own prefixes (MODELPRESS_VERIFY_PREFIX) must satisfy."""
+    try:
+        segments = _segments(_place(location))
+    except StoreError as error:
+        return one_line(str(error))
+    for template in templates:
+        patterns = [re.compile(re.escape(segment).replace(_SENTINEL, _NAMESPACE_PATTERN))
+                    for segment in _segments(_place(template.replace(NAMESPACE_FIELD,
+                                                                     _SENTINEL)))]
+        if all(pattern.fullmatch(segment) for pattern, segment in zip(patterns, segments,
+                                                                      strict=False)):
+            return (f"{location} overlaps the tenants' prefix {template}: a namespace's jobs "
+                    "could write there")
+    return None
+
+
+def _segments(place: _Place) -> list[str]:
+    scheme, bucket, _, resolved = place
+    return [f"{scheme}:{bucket}", *resolved]

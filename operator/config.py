@@ -67,3 +67,15 @@ class OperatorSettings(BaseSettings):
     log_json: bool = Field(default=False, description="One JSON object per log line.")
     log_debug: bool = Field(default=False, description="kopf's debug log: every patch sent.")
     liveness_endpoint: str = "http://0.0.0.0:8081/healthz"
+    verify_prefix: str = Field(
+        default="s3://modelpress-platform/verify/",
+        description="Kubeflow backend: where the operator stages a run's model and its "
+                    "verification run publishes; only the platform may write there (refused "
+                    "when it overlaps a namespace prefix).")
+    verify_namespace: str | None = Field(
+        default=None, description="Kubeflow backend: the platform namespace verification runs "
+                                  "execute in; default MODELPRESS_KFP_NAMESPACE.")
+    verify_secret_name: str = Field(
+        default="modelpress-platform-storage",
+        description="The Secret in the verification namespace with the platform's storage "
+                    "credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).")

@@ -18,10 +18,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from modelpress.api import CompressionStatus, RegisteredVersion
+from modelpress.api import CompressionStatus, RegisteredVersion, StagedCandidate
 from modelpress.errors import InvalidInput, ModelpressError
-from modelpress.operator import kserve, promotion
-from modelpress.operator.backends.base import Backend, BackendError, RunState
+from modelpress.operator import kserve, promotion, verify
+from modelpress.operator.backends.base import Backend, BackendError, RunState, Verifier
 from modelpress.operator.kserve import PromotionRefused
 from modelpress.operator.metrics import JobKey, OperatorMetrics
 from modelpress.operator.promotion import CanaryStep, DigestMismatch, Promote
@@ -111,8 +111,15 @@ class Controller:
                  clock: Callable[[], datetime] = utc_now,
                  monotonic: Callable[[], float] = time.monotonic,
                  registry_models: Sequence[str] = DEFAULT_REGISTRY_MODELS,
-                 registry_opener: Callable[[], ModelRegistry] = open_registry) -> None:
+                 registry_opener: Callable[[], ModelRegistry] = open_registry,
+                 verifier: Verifier | None = None,
+                 stager: Callable[[str, str], StagedCandidate] = verify.stage_candidate
+                 ) -> None:
         self.backend = backend
+        # Re-measures a run's model in the platform's namespace when its backend keeps no
+        # record of its own (operator.verify; config.verify_prefix set).
+        self._verifier = verifier
+        self._stage_candidate = stager
         self.config = config
         self.metrics = metrics
         self._read_results = results_reader
@@ -223,7 +230,7 @@ class Controller:
         if status.run_id is None:
             return self._observe_capacity(now, job.namespace)
         if status.phase in TERMINAL_PHASES:
-            return Observation(now=now)
+            return Observation(now=now, verification=self._observe_verification(status))
         try:
             run = self.backend.poll(status.run_id)
         except BackendError as error:
@@ -285,17 +292,42 @@ class Controller:
             return Observation(now=now, run=run,
                                results_error=f"its results.json could not be read: {error}")
 
+    def _observe_verification(self, status: CompressionStatus) -> verify.Observed | None:
+        """The job's verification run while it is in flight, and once it succeeded the
+        figures it published (read from the platform's prefix: no digest to compare)."""
+        verification = status.verification
+        if verification is None or verification.phase != "Running" \
+                or verification.run_id is None or self._verifier is None:
+            return None
+        try:
+            run = self._verifier.poll(verification.run_id)
+        except BackendError as error:
+            return verify.Observed(problem=str(error))
+        if run.phase != "Succeeded":
+            return verify.Observed(run=run)
+        try:
+            found = self._read_results(verification.output)
+        except (ModelpressError, OSError, ValueError, KeyError, ValidationError) as error:
+            return verify.Observed(run=run, problem=str(error))
+        return verify.Observed(run=run, results=found.results)
+
     def _perform(self, action: Action, status: CompressionStatus, job: JobView,
                  emit: EventSink) -> CompressionStatus:
         if isinstance(action, EmitEvent):
             emit(action.type, action.reason, action.message)
             return status
         if isinstance(action, TerminateRun):
-            self.backend.terminate(action.run_id)
-            emit("Normal", TERMINATED, f"run {action.run_id} terminated: {action.why}")
+            stopper = self._verifier if action.verification else self.backend
+            if stopper is not None:
+                stopper.terminate(action.run_id)
+                emit("Normal", TERMINATED, f"run {action.run_id} terminated: {action.why}")
             return status
         if isinstance(action, SubmitRun):
             after = self._submit(action, status, job)
+        elif isinstance(action, verify.StageCandidate):
+            after = self._stage(action, status, job)
+        elif isinstance(action, verify.SubmitVerification):
+            after = self._submit_verification(action, status, job)
         else:
             after = self._promotion_outcome(action, status, job)
         for event in transition_events(status, after):
@@ -310,6 +342,32 @@ class Controller:
             self.record_error(job, error)
             return submit_failed(status, str(error), self._clock())
         return submitted(status, run_id, self.backend.name, self._clock())
+
+    def _stage(self, action: verify.StageCandidate, status: CompressionStatus,
+               job: JobView) -> CompressionStatus:
+        """Copy the run's model to the platform's candidate prefix, hashing it."""
+        try:
+            candidate = self._stage_candidate(action.output, action.candidate)
+        except verify.NothingToStage as error:
+            return verify.refused(status, str(error), self._clock())
+        except Exception as error:  # a failed read or write is reported, and retried
+            self.record_error(job, error)
+            return verify.retrying(status, str(error) or type(error).__name__, self._clock())
+        return verify.staged(status, candidate, action.verified, self._clock())
+
+    def _submit_verification(self, action: verify.SubmitVerification,
+                             status: CompressionStatus, job: JobView) -> CompressionStatus:
+        if self._verifier is None:
+            return verify.refused(status, "this operator's backend cannot run verifications",
+                                  self._clock())
+        try:
+            run_id = self._verifier.submit_verification(action.request)
+        except InvalidInput as error:  # a model the platform will not run (a program)
+            return verify.refused(status, str(error), self._clock())
+        except BackendError as error:
+            self.record_error(job, error)
+            return verify.retrying(status, str(error), self._clock())
+        return verify.submitted(status, run_id, self._clock())
 
     def _promotion_outcome(self, action: Promote, status: CompressionStatus,
                            job: JobView) -> CompressionStatus:

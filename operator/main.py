@@ -12,7 +12,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from modelpress.errors import InvalidInput
-from modelpress.operator.backends.base import Backend
+from modelpress.operator.backends.base import Backend, Verifier
 from modelpress.operator.config import OperatorSettings
 from modelpress.operator.controller import Controller
 from modelpress.operator.metrics import OperatorMetrics
@@ -20,7 +20,13 @@ from modelpress.operator.peering import PeeringGate, own_identity
 from modelpress.operator.reconcile import Config
 from modelpress.operator.ticker import kube_api
 from modelpress.settings import get_settings
-from modelpress.tenancy import PROBE_NAMESPACE, expand, outside, template_error
+from modelpress.tenancy import (
+    PROBE_NAMESPACE,
+    expand,
+    outside,
+    reachable_by_tenants,
+    template_error,
+)
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 LOCAL_IS_SINGLE_TENANT = (
@@ -99,6 +105,8 @@ def run_operator(backend: str, namespace: str | None, all_namespaces: bool,
                                         registry=metrics.registry)
     controller = Controller(chosen_backend, config, metrics,
                             kserve_api=kube_api() if settings.kserve_enabled else None,
+                            verifier=chosen_backend if isinstance(chosen_backend, Verifier)
+                            else None,
                             registry_models=settings.registry_models)
     watched = [] if all_namespaces else [namespace or current_namespace()]
     peering = PeeringSettings()
@@ -126,6 +134,10 @@ def operator_config(settings: OperatorSettings, backend: str = "local") -> Confi
     if problem:
         raise InvalidInput("MODELPRESS_DEFAULT_OUTPUT", problem)
     core = get_settings()
+    problem = template_error(settings.verify_prefix) \
+        or reachable_by_tenants(settings.verify_prefix, settings.namespace_prefixes)
+    if backend == "kfp" and problem:
+        raise InvalidInput("MODELPRESS_VERIFY_PREFIX", problem)
     return Config(settings.default_output, settings.kserve_enabled,
                   tuple(core.allowed_file_roots),
                   namespace_prefixes=tuple(settings.namespace_prefixes),
@@ -133,7 +145,8 @@ def operator_config(settings: OperatorSettings, backend: str = "local") -> Confi
                   max_deadline_seconds=settings.max_deadline_seconds,
                   max_runs_per_namespace=settings.max_runs_per_namespace,
                   trust_model_code=core.trust_model_code,
-                  job_secrets=backend == "kfp" and settings.kfp_namespace is not None)
+                  job_secrets=backend == "kfp" and settings.kfp_namespace is not None,
+                  verify_prefix=settings.verify_prefix if backend == "kfp" else None)
 
 
 def make_backend(name: str, settings: OperatorSettings) -> Backend:
@@ -153,7 +166,9 @@ def make_backend(name: str, settings: OperatorSettings) -> Backend:
                           timeout_seconds=settings.kfp_timeout_seconds,
                           attempts=settings.kfp_attempts, token_path=settings.kfp_token_path,
                           trust_model_code=trust_model_code,
-                          max_deadline_seconds=settings.max_deadline_seconds)
+                          max_deadline_seconds=settings.max_deadline_seconds,
+                          verify_namespace=settings.verify_namespace,
+                          verify_secret_name=settings.verify_secret_name)
     raise InvalidInput("--backend", f"unknown backend {name!r}: choose local or kfp")
 
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 from modelpress import gates
 from modelpress.api import (
@@ -31,7 +31,7 @@ from modelpress.api import (
 )
 from modelpress.errors import StoreError, one_line
 from modelpress.jobfile import validate_job
-from modelpress.operator import promotion
+from modelpress.operator import promotion, verify
 from modelpress.operator.backends.base import RunRequest, RunState
 from modelpress.operator.promotion import Promote
 from modelpress.operator.scope import image_refused, outside_namespace
@@ -58,6 +58,7 @@ from modelpress.operator.status import (
     succeeded,
     waiting,
 )
+from modelpress.operator.verify import VerifyAction
 from modelpress.pipelines.build import run_deadline
 from modelpress.records import RESULTS
 from modelpress.settings import within_allowed_roots
@@ -112,6 +113,8 @@ class Observation:
     slot_free: bool = True
     results: RunResults | None = None
     results_error: str | None = None
+    # The platform's verification run of a succeeded job's model (operator.verify).
+    verification: verify.Observed | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,10 @@ class Config:
     # steps run in its own namespace (a multi-user Kubeflow). Elsewhere every job's steps
     # share one namespace, whose Secrets (the platform's among them) are not a tenant's.
     job_secrets: bool = False
+    # Where the operator stages and re-measures the model of a run that keeps no record of
+    # its own (MODELPRESS_VERIFY_PREFIX; the Kubeflow backend). None: runs keep their own
+    # record (the local backend), and one without is not promoted.
+    verify_prefix: str | None = None
 
 
 # ----------------------------------------------------------------------------- actions
@@ -152,6 +159,7 @@ class SubmitRun:
 class TerminateRun:
     run_id: str
     why: str = "the job was deleted"
+    verification: bool = False  # the job's verification run, not its own
 
 
 @dataclass(frozen=True)
@@ -161,7 +169,7 @@ class EmitEvent:
     message: str
 
 
-Action = SubmitRun | TerminateRun | Promote | EmitEvent
+Action: TypeAlias = SubmitRun | TerminateRun | Promote | VerifyAction | EmitEvent
 
 
 @dataclass(frozen=True)
@@ -204,10 +212,14 @@ def accept(job: JobView, parsed: Checked, now: datetime) -> CompressionStatus:
 
 
 def finalize(job: JobView) -> list[Action]:
-    """What deleting `job` requires: stop its run while it is still in flight."""
+    """What deleting `job` requires: stop its run, or its verification run, while it is
+    still in flight."""
     status = parse_status(job.status)
     if status.run_id and status.phase not in TERMINAL_PHASES:
         return [TerminateRun(status.run_id)]
+    verification = status.verification
+    if verification and verification.run_id and verification.phase == "Running":
+        return [TerminateRun(verification.run_id, verification=True)]
     return []
 
 
@@ -363,7 +375,7 @@ def _succeeded(job: JobView, status: CompressionStatus, parsed: Checked,
         return stopped(status, RESULTS_MISMATCH, f"run {run.run_id} succeeded but {forged}",
                        run.finished_at or now, now), []
     status = succeeded(status, run, found.results, found.artifacts, found.steps, now)
-    return _judge(job, status, parsed, config, now, run.recorded)
+    return _judge(job, status, parsed, config, observed, run.recorded)
 
 
 def _unlike_record(found: RunResults, run: RunState) -> str | None:
@@ -385,20 +397,37 @@ def _settled(job: JobView, status: CompressionStatus, parsed: Checked,
     if status.phase != "Succeeded" or status.results is None or not (changed or unfinished):
         return status, []
     recorded = status.promotion.sha256 if status.promotion else {}
-    return _judge(job, status, parsed, config, observed.now, recorded)
+    return _judge(job, status, parsed, config, observed, recorded)
 
 
 def _judge(job: JobView, status: CompressionStatus, parsed: Checked, config: Config,
-           now: datetime, recorded: Mapping[str, str]) -> tuple[CompressionStatus, list[Action]]:
+           observed: Observation, recorded: Mapping[str, str]
+           ) -> tuple[CompressionStatus, list[Action]]:
     """The promotion decision; the run's record of its digests is kept in status.promotion
-    (where a later re-judgement and the copy find it)."""
+    (where a later re-judgement and the copy find it). A run that keeps no record of its
+    own is judged on the platform's verification of its model (operator.verify), whose
+    staging record is the one kept."""
+    now = observed.now
+    actions: list[Action]
     if isinstance(parsed, str):
         status, actions = promotion.rejected(status, INVALID_SPEC, [parsed], now), []
+    elif config.verify_prefix and (status.verification or promotion.MODEL not in recorded):
+        judging = verify.Judging(job=parsed, uid=job.uid, annotations=job.annotations,
+                                 kserve_enabled=config.kserve_enabled,
+                                 output=status.artifacts.get("output")
+                                 or output_of(parsed, config),
+                                 prefix=config.verify_prefix, now=now)
+        status, verifying = verify.judge(judging, status, observed.verification)
+        actions = list(verifying)
+        verification = status.verification
+        recorded = verification.candidate.sha256 \
+            if verification and verification.phase == "Succeeded" else {}
     else:
         output = status.artifacts.get("output") or output_of(parsed, config)
-        status, actions = promotion.decide(status, parsed.spec.promotion, job.annotations,
-                                           config.kserve_enabled, output, job.namespace, now,
-                                           recorded)
+        status, promoting = promotion.decide(status, parsed.spec.promotion, job.annotations,
+                                             config.kserve_enabled, output, job.namespace, now,
+                                             recorded)
+        actions = list(promoting)
     assert status.promotion is not None
     status = status.model_copy(update={"promotion": status.promotion.model_copy(update={
         "sha256": {key: digest for key, digest in recorded.items()

@@ -55,6 +55,10 @@ PROMOTION_FAILED = "PromotionFailed"
 DIGEST_MISMATCH = "DigestMismatch"
 # The backend kept no record of what the run published: nothing can be verified to promote.
 NO_RUN_RECORD = "NoRunRecord"
+# A Kubeflow run's model is being staged and re-measured in the platform's namespace.
+VERIFYING = "Verifying"
+# The platform's verification of a Kubeflow run's model failed or was refused: not promoted.
+VERIFICATION_FAILED = "VerificationFailed"
 # The annotation names an InferenceService in another namespace: no promotion at all.
 SERVICE_REFUSED = "InferenceServiceRefused"
 # spec.promotion.registry cannot be used: a model outside the namespace's, or no registry

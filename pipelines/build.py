@@ -21,11 +21,12 @@ from modelpress.api import (
     Model,
     Pool,
     QuantizeStep,
+    StagedCandidate,
     Step,
     holds_credentials,
 )
 from modelpress.errors import InvalidInput
-from modelpress.pipelines.steps import PlannedStep, planned_steps
+from modelpress.pipelines.steps import CANDIDATE, VALIDATE, PlannedStep, planned_steps
 from modelpress.records import LatencyProbe
 from modelpress.trust import require_trusted
 
@@ -239,6 +240,24 @@ def _benchmarks(ops: dict[str, Any], spec: CompressionSpec, plan: list[PlannedSt
     return flow
 
 
+def _fetch(ops: dict[str, Any], spec: CompressionSpec, step: PlannedStep,
+           trust_model_code: bool) -> Flow:
+    fetched = ops["fetch_op"](name=step.name, spec=_json(spec),
+                              trust_model_code=trust_model_code).set_display_name(step.name)
+    return Flow(original=fetched.outputs["original"], datasets=fetched.outputs["datasets"],
+                model=fetched.outputs["original"], ledger=fetched.outputs["ledger"])
+
+
+def _measure_and_report(ops: dict[str, Any], job: CompressionJob, plan: list[PlannedStep],
+                        flow: Flow, output_uri: Any) -> None:
+    """One benchmark task per pool, then the report that publishes to `output_uri`."""
+    flow = _benchmarks(ops, job.spec, plan, flow)
+    last = plan[-1]
+    ops["report_op"](name=last.name, job_name=job.metadata.name, output=output_uri,
+                     promotion=_json(job.spec.promotion), original=flow.original,
+                     compressed=flow.model, ledger_in=flow.ledger).set_display_name(last.name)
+
+
 def build_pipeline(job: CompressionJob, output: str, *, trust_model_code: bool = False,
                    deadline_seconds: int | None = None) -> Callable[..., Any]:
     """A KFP pipeline function for `job` that publishes its results to `output`.
@@ -258,24 +277,15 @@ def build_pipeline(job: CompressionJob, output: str, *, trust_model_code: bool =
     ops = {name: _accessing_store(op, bounds) for name, op in raw_ops.items()}
     spec = job.spec
     plan = planned_steps(spec)
-    first, last = plan[0], plan[-1]
 
     @dsl.pipeline(name=pipeline_name(job), description=f"modelpress job {job.metadata.name}")
     def compression_pipeline(output_uri: str = output) -> None:
-        fetched = ops["fetch_op"](name=first.name, spec=_json(spec),
-                                  trust_model_code=trust_model_code
-                                  ).set_display_name(first.name)
-        flow = Flow(original=fetched.outputs["original"], datasets=fetched.outputs["datasets"],
-                    model=fetched.outputs["original"], ledger=fetched.outputs["ledger"])
+        flow = _fetch(ops, spec, plan[0], trust_model_code)
         if spec.search is None:
             flow = _compress_and_validate(ops, spec, [s for s in plan if s.in_chain], flow)
         else:
             flow = _search(ops, spec, plan, flow, output_uri)
-        flow = _benchmarks(ops, spec, plan, flow)
-        ops["report_op"](name=last.name, job_name=job.metadata.name, output=output_uri,
-                         promotion=_json(spec.promotion), original=flow.original,
-                         compressed=flow.model, ledger_in=flow.ledger
-                         ).set_display_name(last.name)
+        _measure_and_report(ops, job, plan, flow, output_uri)
 
     return compression_pipeline
 
@@ -287,4 +297,58 @@ def compile_pipeline(job: CompressionJob, output: str, package_path: str, *,
 
     pipeline = build_pipeline(job, output, trust_model_code=trust_model_code,
                               deadline_seconds=deadline_seconds)
+    compiler.Compiler().compile(pipeline, package_path=package_path)
+
+
+# --------------------------------------------------------------------- verification
+# The platform's re-measurement of a run's model (docs/verification.md): the job's own
+# pipeline with its compression chain (or search) replaced by one step that takes the model
+# files the operator staged, then the same validate, benchmarks and report.
+
+VERIFICATION_PREFIX = "modelpress-verify-"
+
+
+def build_verification_pipeline(job: CompressionJob, candidate: StagedCandidate, output: str,
+                                *, secret_name: str,
+                                deadline_seconds: int | None = None) -> Callable[..., Any]:
+    """A KFP pipeline that measures the staged `candidate` as `job`'s compressed model and
+    publishes to `output`. It runs with the platform's storage Secret (`secret_name`) and
+    the operator's step image, never the job's spec.image or Secret, and trusts no model
+    code: a job whose model is a program is refused here (InvalidInput)."""
+    from kfp import dsl
+
+    from modelpress.components.ops import make_ops
+    from modelpress.settings import get_settings
+
+    spec = job.spec
+    require_trusted(spec, False)
+    bounds = TaskBounds(secret_name=secret_name,
+                        deadline_seconds=deadline_seconds or spec.deadline_seconds)
+    ops = {name: _accessing_store(op, bounds)
+           for name, op in make_ops(get_settings().step_image).items()}
+    plan = planned_steps(spec)
+    validate = PlannedStep(VALIDATE, "validate")
+
+    @dsl.pipeline(name=VERIFICATION_PREFIX + pipeline_name(job).removeprefix(PIPELINE_PREFIX),
+                  description=f"modelpress verification of job {job.metadata.name}")
+    def verification_pipeline(output_uri: str = output) -> None:
+        flow = _fetch(ops, spec, plan[0], False)
+        taken = ops["candidate_op"](name=CANDIDATE, candidate=_json(candidate),
+                                    original=flow.original, ledger_in=flow.ledger)
+        taken.set_display_name(CANDIDATE)
+        flow = replace(flow, model=taken.outputs["model_out"], ledger=taken.outputs["ledger"])
+        flow = _compress_and_validate(ops, spec, [validate], flow)
+        _measure_and_report(ops, job, plan, flow, output_uri)
+
+    return verification_pipeline
+
+
+def compile_verification_pipeline(job: CompressionJob, candidate: StagedCandidate, output: str,
+                                  package_path: str, *, secret_name: str,
+                                  deadline_seconds: int | None = None) -> None:
+    """Write the verification pipeline's IR YAML (see build_verification_pipeline)."""
+    from kfp import compiler
+
+    pipeline = build_verification_pipeline(job, candidate, output, secret_name=secret_name,
+                                           deadline_seconds=deadline_seconds)
     compiler.Compiler().compile(pipeline, package_path=package_path)

@@ -21,10 +21,12 @@ from modelpress.api import CompressionSpec
 StepKind = Literal["fetch", "prune", "distill", "decompose", "quantize", "validate", "select",
                    "benchmark", "report"]
 FETCH, VALIDATE, SELECT, REPORT = "fetch", "validate", "select", "report"
+# A verification run's step that takes the operator's staged model (docs/verification.md).
+CANDIDATE = "candidate"
 BENCHMARK_PREFIX = "benchmark-"
 _COMPRESSION_KINDS = ("prune", "distill", "decompose", "quantize")
 _NAME = re.compile(
-    rf"^({FETCH}|{VALIDATE}|{SELECT}|{REPORT}|{'|'.join(_COMPRESSION_KINDS)}"
+    rf"^({FETCH}|{VALIDATE}|{SELECT}|{CANDIDATE}|{REPORT}|{'|'.join(_COMPRESSION_KINDS)}"
     rf"|{BENCHMARK_PREFIX}[a-z0-9]([-a-z0-9]*[a-z0-9])?)$")
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
-from modelpress.api import CompressionJob, StepStatus
+from modelpress.api import CompressionJob, StagedCandidate, StepStatus
 
 RunPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Canceled", "Lost"]
 TERMINAL_RUN_PHASES: frozenset[str] = frozenset({"Succeeded", "Failed", "Canceled", "Lost"})
@@ -50,6 +50,32 @@ class RunRequest:
     key: str
     job: CompressionJob
     output: str
+
+
+@dataclass(frozen=True)
+class VerificationRequest:
+    """A verification run (docs/verification.md): measure `candidate`, the model files the
+    operator staged from job `key`'s run, as `job`'s compressed model; publish to `output`
+    (a platform prefix). Submitting the same key twice returns the run already started."""
+
+    key: str
+    job: CompressionJob
+    candidate: StagedCandidate
+    output: str
+
+
+@runtime_checkable
+class Verifier(Protocol):
+    """A backend that can re-measure a run's model in the platform's namespace, with the
+    platform's credentials (the Kubeflow Pipelines backend)."""
+
+    def submit_verification(self, request: VerificationRequest) -> str:
+        """Start the verification run (or find the one already started); its id."""
+        ...
+
+    def poll(self, run_id: str) -> RunState: ...
+
+    def terminate(self, run_id: str) -> None: ...
 
 
 class Backend(Protocol):

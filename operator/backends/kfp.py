@@ -23,8 +23,18 @@ import urllib3
 from kfp_server_api.exceptions import ApiException
 
 from modelpress.api import StepStatus
-from modelpress.operator.backends.base import BackendError, RunPhase, RunRequest, RunState
-from modelpress.pipelines.build import compile_pipeline, run_deadline
+from modelpress.operator.backends.base import (
+    BackendError,
+    RunPhase,
+    RunRequest,
+    RunState,
+    VerificationRequest,
+)
+from modelpress.pipelines.build import (
+    compile_pipeline,
+    compile_verification_pipeline,
+    run_deadline,
+)
 from modelpress.pipelines.steps import is_step_name
 
 T = TypeVar("T")
@@ -39,6 +49,8 @@ _STEP_PHASES = {"PENDING": "Pending", "RUNNING": "Running", "SUCCEEDED": "Succee
 _IN_FLIGHT = {"RUNTIME_STATE_UNSPECIFIED", "PENDING", "RUNNING", "PAUSED", "CANCELING"}
 _NETWORK_ERRORS = (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
 _CAPACITY_PAGE = 200
+# The Secret, in the platform's namespace, whose storage credentials verification runs use.
+DEFAULT_VERIFY_SECRET = "modelpress-platform-storage"
 
 
 class KfpBackend:
@@ -49,8 +61,13 @@ class KfpBackend:
                  max_runs: int = 10, timeout_seconds: float = 30.0, attempts: int = 4,
                  backoff_seconds: float = 1.0, sleep: Callable[[float], None] = time.sleep,
                  token_path: Path | None = None, trust_model_code: bool = False,
-                 max_deadline_seconds: int | None = None) -> None:
+                 max_deadline_seconds: int | None = None, verify_namespace: str | None = None,
+                 verify_secret_name: str = DEFAULT_VERIFY_SECRET) -> None:
         self.host = host
+        # Where verification runs execute (MODELPRESS_VERIFY_NAMESPACE): the platform's own
+        # namespace, whose Secret `verify_secret_name` no tenant can name.
+        self.verify_namespace = verify_namespace
+        self.verify_secret_name = verify_secret_name
         self.experiment = experiment
         self.namespace = namespace
         self.pipeline_root = pipeline_root
@@ -80,6 +97,26 @@ class KfpBackend:
             package = str(Path(scratch) / "pipeline.yaml")
             compile_pipeline(request.job, request.output, package,
                              trust_model_code=self.trust_model_code, deadline_seconds=deadline)
+            return self._create_run(name, package, root, namespace)
+
+    def submit_verification(self, request: VerificationRequest) -> str:
+        """Start the run that re-measures a job's staged model, in the platform's namespace
+        with the platform's storage Secret (operator.verify). InvalidInput when the job's
+        model is a program, which the platform never runs."""
+        meta = request.job.metadata
+        name = f"verify {meta.namespace}/{meta.name} ({request.key})"
+        namespace = self.verify_namespace
+        existing = self._find_run(name, namespace)
+        if existing:
+            return existing
+        deadline = run_deadline(request.job.spec, self.max_deadline_seconds) \
+            if self.max_deadline_seconds else None
+        with tempfile.TemporaryDirectory(prefix="modelpress-kfp-") as scratch:
+            package = str(Path(scratch) / "verification.yaml")
+            compile_verification_pipeline(request.job, request.candidate, request.output,
+                                          package, secret_name=self.verify_secret_name,
+                                          deadline_seconds=deadline)
+            root = request.output.rstrip("/") + "/pipeline-root"
             return self._create_run(name, package, root, namespace)
 
     def poll(self, run_id: str) -> RunState:

@@ -161,6 +161,14 @@ replica's is its seniority, from when it started: the oldest leads (operator/mai
   value: {{ .Values.storage.secretName | quote }}
 {{- if .Values.kfp.serviceAccountToken.enabled }}
 - name: MODELPRESS_KFP_TOKEN_PATH
+- name: MODELPRESS_VERIFY_PREFIX
+  value: {{ .Values.verification.prefix | quote }}
+{{- with .Values.verification.namespace }}
+- name: MODELPRESS_VERIFY_NAMESPACE
+  value: {{ . | quote }}
+{{- end }}
+- name: MODELPRESS_VERIFY_SECRET_NAME
+  value: {{ .Values.verification.secretName | quote }}
   value: /var/run/secrets/kubeflow/pipelines/token
 {{- end }}
 {{- end }}

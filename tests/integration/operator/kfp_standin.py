@@ -170,7 +170,9 @@ def _route(state: KfpState, method: str, path: str, query: dict[str, str],
         if (method, path) == ("GET", "/healthz"):
             return 200, {"multi_user": False, "pipeline_store": "database"}
         if (method, path) == ("GET", "/experiments"):
-            found = [e for e in state.experiments.values() if _matches(e, query.get("filter"))]
+            # A multi-user KFP lists the experiments of the namespace asked for only.
+            found = [e for e in state.experiments.values() if _matches(e, query.get("filter"))
+                     and query.get("namespace") in (None, e.get("namespace"))]
             return 200, {"experiments": found, "total_size": len(found)}
         if (method, path) == ("POST", "/experiments"):
             experiment = {**body, "experiment_id": str(uuid.uuid4()), "created_at": _now(),
