@@ -227,7 +227,7 @@ def runs_started(workdir: Path) -> dict[str, int]:
 
 
 def run(jobs: int, max_runs: int, poll: float, timeout: float, runner: str,
-        profile: Path | None = None) -> dict[str, Any]:
+        profile: Path | None = None, settings: dict[str, str] | None = None) -> dict[str, Any]:
     api = start_standin()
     timeline = Timeline(api)
     root = Path(tempfile.mkdtemp(prefix="modelpress-load-"))
@@ -239,7 +239,7 @@ def run(jobs: int, max_runs: int, poll: float, timeout: float, runner: str,
         # Every job of the load lies in one namespace: its cap must not be the tighter one.
         "MODELPRESS_MAX_RUNS_PER_NAMESPACE": str(max_runs),
         "MODELPRESS_POLL_INTERVAL_SECONDS": str(poll),
-        "MODELPRESS_LOAD_BREAKDOWN": str(breakdown), **profiling})
+        "MODELPRESS_LOAD_BREAKDOWN": str(breakdown), **profiling, **(settings or {})})
     try:
         operator.start()
         assert operator.process is not None
@@ -272,6 +272,7 @@ def run(jobs: int, max_runs: int, poll: float, timeout: float, runner: str,
     phases = [phase for _, phase in timeline.terminal.values()]
     return {
         "jobs": jobs, "maxRunsInFlight": max_runs, "pollSeconds": poll, "runner": runner,
+        "operatorSettings": settings or {},
         "applySeconds": round(applied_s, 2),
         "givenAPhase": len(latencies), "terminal": len(timeline.terminal),
         "succeeded": phases.count("Succeeded"), "failed": phases.count("Failed"),
@@ -323,6 +324,9 @@ def main() -> int:
                         help="run it this many times (the machine is noisy); the summary "
                              "lists each run's p95")
     parser.add_argument("--json", type=Path, help="also write the report here")
+    parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="an operator setting for this run (e.g. MODELPRESS_FAST_INTAKE="
+                             "false), to compare settings side by side")
     parser.add_argument("--profile", type=Path, metavar="FILE",
                         help="cProfile the operator process (every thread) into FILE (pstats; "
                              "read with `python -m pstats FILE`); slows the operator down, so "
@@ -331,13 +335,16 @@ def main() -> int:
     reports = []
     for _ in range(arguments.repeat):
         report = run(arguments.jobs, arguments.max_runs, arguments.poll, arguments.timeout,
-                     arguments.runner, arguments.profile)
+                     arguments.runner, arguments.profile,
+                     dict(setting.split("=", 1) for setting in arguments.setting))
         report["targetsMissed"] = verdict(report)
         reports.append(report)
     document = reports[0] if len(reports) == 1 else {
         "p95PerRun": [r["applyToPendingSeconds"]["p95"] for r in reports],
         "p50PerRun": [r["applyToPendingSeconds"]["p50"] for r in reports],
+        "maxPerRun": [r["applyToPendingSeconds"]["max"] for r in reports],
         "rssHighWaterPerRun": [r["operatorRssMB"]["highWater"] for r in reports],
+        "operatorCpuSecondsPerRun": [r["operatorCpuSeconds"] for r in reports],
         "runs": reports}
     text = json.dumps(document, indent=2)
     print(text)

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from modelpress.operator.backends.local import DEFAULT_WORKER_NICENESS
 from modelpress.settings import get_settings
 from modelpress.tenancy import DEFAULT_PREFIXES, DEFAULT_REGISTRY_MODELS
 
@@ -46,6 +47,11 @@ class OperatorSettings(BaseSettings):
         description="Jobs synced at once (each sync polls a run: an HTTP call for KFP).")
     local_workdir: Path = Field(default_factory=_default_workdir,
                                 description="Run folders of the local backend.")
+    worker_niceness: int = Field(
+        default=DEFAULT_WORKER_NICENESS, ge=0, le=19,
+        description="How much lower than the operator's the CPU priority of the local "
+                    "backend's runs is (nice steps; 0: the same), so a pod's runs never "
+                    "starve the operator that gives new jobs their status.")
     kfp_host: str = Field(default="http://ml-pipeline.kubeflow.svc.cluster.local:8888",
                           description="The Kubeflow Pipelines API.")
     kfp_experiment: str = "modelpress"

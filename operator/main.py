@@ -155,7 +155,8 @@ def make_backend(name: str, settings: OperatorSettings) -> Backend:
         from modelpress.operator.backends.local import LocalBackend
 
         return LocalBackend(settings.local_workdir, settings.max_runs_in_flight,
-                            trust_model_code=trust_model_code)
+                            trust_model_code=trust_model_code,
+                            worker_niceness=settings.worker_niceness)
     if name == "kfp":
         from modelpress.operator.backends.kfp import KfpBackend
 

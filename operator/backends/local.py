@@ -9,7 +9,10 @@ never starts one twice: the folder is named after the job's uid and claimed with
 atomic mkdir.
 
 Workers run in their own session: they outlive an operator restart, and terminating one
-kills its whole process group (kfp.local's step subprocesses included).
+kills its whole process group (kfp.local's step subprocesses included). They run at a lower
+CPU priority than the operator (`worker_niceness` above its own; their step subprocesses
+inherit it), the way a cluster keeps its control plane apart from its workloads: tenant
+work never starves the loop that gives new jobs their status.
 
 `python -m modelpress.operator.backends.local RUN_FOLDER` is the worker's entry point.
 """
@@ -42,6 +45,9 @@ TERMINATE_GRACE_SECONDS = 5.0
 # A run folder without a worker after this long was claimed by an operator that died
 # before it could start the worker.
 START_TIMEOUT_SECONDS = 60.0
+# How much lower than the operator's the workers' CPU priority is (nice(1) steps).
+DEFAULT_WORKER_NICENESS = 10
+LOWEST_PRIORITY = 19  # the largest nice value
 
 
 class _Record(BaseModel):
@@ -82,11 +88,13 @@ class LocalBackend:
     name: Literal["local"] = "local"
 
     def __init__(self, workdir: Path, max_runs: int, runner: str = DEFAULT_RUNNER, *,
-                 trust_model_code: bool = False) -> None:
+                 trust_model_code: bool = False,
+                 worker_niceness: int = DEFAULT_WORKER_NICENESS) -> None:
         self.workdir = workdir.resolve()
         self.max_runs = max_runs
         self.runner = runner
         self.trust_model_code = trust_model_code
+        self.worker_niceness = worker_niceness
         self._workers: dict[str, subprocess.Popen[bytes]] = {}
         # Runs that may be in flight: found by one look through the workdir (runs started
         # before a restart), then kept up to date here, so counting them costs in
@@ -112,6 +120,7 @@ class LocalBackend:
                 [sys.executable, "-m", __name__, str(folder)], cwd=folder,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
+        _lower_priority(worker.pid, self.worker_niceness)
         self._workers[run_id] = worker
         self._live_run_ids().add(run_id)
         _write_record(folder / "worker.json", WorkerRecord(pid=worker.pid,
@@ -241,6 +250,20 @@ def _process_runs(pid: int, folder: str) -> bool:
     if not cmdline.exists():
         return True
     return folder in cmdline.read_bytes().decode(errors="replace").split("\0")
+
+
+def _lower_priority(pid: int, niceness: int) -> None:
+    """Give a worker just started `niceness` more than the operator's own. Done from here,
+    right after exec (Popen has returned), rather than in a preexec_fn, which is unsafe in a
+    process with threads; the worker's interpreter start-up is its costliest part for a short
+    run, and runs already at the lower priority."""
+    if niceness <= 0:
+        return
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, min(LOWEST_PRIORITY, own + niceness))
+    except ProcessLookupError:
+        pass  # it already ended: poll() reports how
 
 
 def _signal_group(pid: int, signum: int) -> None:

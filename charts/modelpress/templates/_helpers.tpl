@@ -83,6 +83,8 @@ modelpress-operator
   value: {{ .Values.operator.pollIntervalSeconds | quote }}
 - name: MODELPRESS_SYNC_WORKERS
   value: {{ .Values.operator.syncWorkers | quote }}
+- name: MODELPRESS_WORKER_NICENESS
+  value: {{ .Values.operator.workerNiceness | quote }}
 {{- with .Values.promotion.registry }}
 - name: MODELPRESS_REGISTRY_MODELS
   value: {{ .models | toJson | quote }}
@@ -159,8 +161,6 @@ replica's is its seniority, from when it started: the oldest leads (operator/mai
   value: {{ .Values.kfp.attempts | quote }}
 - name: MODELPRESS_STORAGE_SECRET_NAME
   value: {{ .Values.storage.secretName | quote }}
-{{- if .Values.kfp.serviceAccountToken.enabled }}
-- name: MODELPRESS_KFP_TOKEN_PATH
 - name: MODELPRESS_VERIFY_PREFIX
   value: {{ .Values.verification.prefix | quote }}
 {{- with .Values.verification.namespace }}
@@ -169,6 +169,8 @@ replica's is its seniority, from when it started: the oldest leads (operator/mai
 {{- end }}
 - name: MODELPRESS_VERIFY_SECRET_NAME
   value: {{ .Values.verification.secretName | quote }}
+{{- if .Values.kfp.serviceAccountToken.enabled }}
+- name: MODELPRESS_KFP_TOKEN_PATH
   value: /var/run/secrets/kubeflow/pipelines/token
 {{- end }}
 {{- end }}

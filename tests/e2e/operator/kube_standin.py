@@ -209,7 +209,9 @@ class KubeStandIn:
         subresource = parts[2] if len(parts) > 2 else None
         query = dict(request.query)
         if request.method == "GET" and name is None:
-            if query.get("watch") in ("true", "1"):
+            # As the API server parses it (Go's strconv.ParseBool): the kubernetes client's
+            # Watch sends Python's "True".
+            if query.get("watch") in ("1", "t", "T", "true", "TRUE", "True"):
                 return await self._watch(request, kind, namespace, query)
             return self._answer(request, kind, self._list(kind, namespace, query), query)
         if request.method == "POST":

@@ -12,7 +12,7 @@ import yaml
 
 from modelpress.jobfile import parse_job
 from modelpress.operator.backends.base import TERMINAL_RUN_PHASES, RunRequest, RunState
-from modelpress.operator.backends.local import LocalBackend
+from modelpress.operator.backends.local import LocalBackend, WorkerRecord
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
@@ -139,3 +139,22 @@ def _alive(pid: int) -> bool:
         return False
     status = Path(f"/proc/{pid}/status")
     return not (status.exists() and "State:\tZ" in status.read_text())
+
+
+def _niceness(pid: int) -> int:
+    return os.getpriority(os.PRIO_PROCESS, pid)
+
+
+@pytest.mark.parametrize("niceness", [0, 7])
+def test_workers_and_their_steps_run_below_the_operators_priority(
+        tmp_path: Path, niceness: int) -> None:
+    local = LocalBackend(tmp_path / "runs", max_runs=1, runner="fake_runners:hang",
+                         worker_niceness=niceness)
+    run_id = local.submit(request(tmp_path))
+    child_pid = tmp_path / "runs" / run_id / "child.pid"
+    wait_for(child_pid.is_file)
+    worker_pid = WorkerRecord.model_validate_json(
+        (tmp_path / "runs" / run_id / "worker.json").read_bytes()).pid
+    expected = min(19, _niceness(0) + niceness)
+    assert (_niceness(worker_pid), _niceness(int(child_pid.read_text()))) == (expected, expected)
+    local.terminate(run_id)

@@ -36,6 +36,18 @@ def test_backends_follow_the_settings(tmp_path: Path) -> None:
     assert (kfp.host, kfp.experiment, kfp.max_runs) == ("http://kfp.example:8888", "team", 3)
 
 
+def test_local_runs_run_below_the_operators_priority_unless_told_otherwise(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = OperatorSettings(local_workdir=tmp_path / "runs")
+    assert make_backend("local", settings).worker_niceness == 10  # type: ignore[attr-defined]
+    monkeypatch.setenv("MODELPRESS_WORKER_NICENESS", "0")
+    settings = OperatorSettings(local_workdir=tmp_path / "runs")
+    assert make_backend("local", settings).worker_niceness == 0  # type: ignore[attr-defined]
+    monkeypatch.setenv("MODELPRESS_WORKER_NICENESS", "20")
+    with pytest.raises(ValueError, match="worker_niceness"):
+        OperatorSettings()
+
+
 @pytest.mark.parametrize(("context", "expected"), [
     ({"cluster": "c", "user": "u", "namespace": "ml-team"}, "ml-team"),
     ({"cluster": "c", "user": "u"}, "default"),
