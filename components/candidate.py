@@ -13,11 +13,11 @@ import re
 from pathlib import Path
 
 from modelpress.api import StagedCandidate
+from modelpress.components.report import MODEL  # the name the run's report published
 from modelpress.errors import StoreError
 from modelpress.records import CandidateRecord
 from modelpress.store import Store, open_store, sha256_of
 
-MODEL = "model.onnx"
 # A staged file is a plain name in the candidate's folder: nothing that could climb out.
 _FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 

@@ -78,6 +78,9 @@ PoolName = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_
 # A Kubernetes Secret's name: a DNS-1123 subdomain.
 SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 DEFAULT_STORAGE_SECRET = "modelpress-storage"
+# The Secret, in the platform's namespace, with the platform's storage credentials:
+# what verification runs use (docs/verification.md).
+DEFAULT_PLATFORM_STORAGE_SECRET = "modelpress-platform-storage"
 
 
 # What a model is for. `classification` covers text and image classifiers alike; the

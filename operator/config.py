@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from modelpress.api import DEFAULT_PLATFORM_STORAGE_SECRET
 from modelpress.operator.backends.local import DEFAULT_WORKER_NICENESS
 from modelpress.settings import get_settings
 from modelpress.tenancy import DEFAULT_PREFIXES, DEFAULT_REGISTRY_MODELS
@@ -82,6 +83,6 @@ class OperatorSettings(BaseSettings):
         default=None, description="Kubeflow backend: the platform namespace verification runs "
                                   "execute in; default MODELPRESS_KFP_NAMESPACE.")
     verify_secret_name: str = Field(
-        default="modelpress-platform-storage",
+        default=DEFAULT_PLATFORM_STORAGE_SECRET,
         description="The Secret in the verification namespace with the platform's storage "
                     "credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).")

@@ -22,7 +22,7 @@ from typing import Any, Literal, TypeVar
 import urllib3
 from kfp_server_api.exceptions import ApiException
 
-from modelpress.api import StepStatus
+from modelpress.api import DEFAULT_PLATFORM_STORAGE_SECRET, CompressionSpec, StepStatus
 from modelpress.operator.backends.base import (
     BackendError,
     RunPhase,
@@ -49,8 +49,6 @@ _STEP_PHASES = {"PENDING": "Pending", "RUNNING": "Running", "SUCCEEDED": "Succee
 _IN_FLIGHT = {"RUNTIME_STATE_UNSPECIFIED", "PENDING", "RUNNING", "PAUSED", "CANCELING"}
 _NETWORK_ERRORS = (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
 _CAPACITY_PAGE = 200
-# The Secret, in the platform's namespace, whose storage credentials verification runs use.
-DEFAULT_VERIFY_SECRET = "modelpress-platform-storage"
 
 
 class KfpBackend:
@@ -62,11 +60,11 @@ class KfpBackend:
                  backoff_seconds: float = 1.0, sleep: Callable[[float], None] = time.sleep,
                  token_path: Path | None = None, trust_model_code: bool = False,
                  max_deadline_seconds: int | None = None, verify_namespace: str | None = None,
-                 verify_secret_name: str = DEFAULT_VERIFY_SECRET) -> None:
+                 verify_secret_name: str = DEFAULT_PLATFORM_STORAGE_SECRET) -> None:
         self.host = host
-        # Where verification runs execute (MODELPRESS_VERIFY_NAMESPACE): the platform's own
-        # namespace, whose Secret `verify_secret_name` no tenant can name.
-        self.verify_namespace = verify_namespace
+        # Where verification runs execute (MODELPRESS_VERIFY_NAMESPACE, default the KFP
+        # namespace): the platform's own, whose Secret `verify_secret_name` no tenant can name.
+        self.verify_namespace = verify_namespace or namespace
         self.verify_secret_name = verify_secret_name
         self.experiment = experiment
         self.namespace = namespace
@@ -85,38 +83,43 @@ class KfpBackend:
     # ------------------------------------------------------------------ Backend protocol
 
     def submit(self, request: RunRequest) -> str:
-        name, namespace = run_name(request), self._run_namespace(request)
-        existing = self._find_run(name, namespace)
-        if existing:
-            return existing
         root = self.pipeline_root or request.output.rstrip("/") + "/pipeline-root"
-        spec = request.job.spec
-        deadline = run_deadline(spec, self.max_deadline_seconds) \
-            if self.max_deadline_seconds else None
-        with tempfile.TemporaryDirectory(prefix="modelpress-kfp-") as scratch:
-            package = str(Path(scratch) / "pipeline.yaml")
+
+        def compile_into(package: str, deadline: int | None) -> None:
             compile_pipeline(request.job, request.output, package,
                              trust_model_code=self.trust_model_code, deadline_seconds=deadline)
-            return self._create_run(name, package, root, namespace)
+
+        return self._start(run_name(request), self._run_namespace(request), root,
+                           request.job.spec, compile_into)
 
     def submit_verification(self, request: VerificationRequest) -> str:
         """Start the run that re-measures a job's staged model, in the platform's namespace
         with the platform's storage Secret (operator.verify). InvalidInput when the job's
         model is a program, which the platform never runs."""
         meta = request.job.metadata
-        name = f"verify {meta.namespace}/{meta.name} ({request.key})"
-        namespace = self.verify_namespace
-        existing = self._find_run(name, namespace)
-        if existing:
-            return existing
-        deadline = run_deadline(request.job.spec, self.max_deadline_seconds) \
-            if self.max_deadline_seconds else None
-        with tempfile.TemporaryDirectory(prefix="modelpress-kfp-") as scratch:
-            package = str(Path(scratch) / "verification.yaml")
+        root = request.output.rstrip("/") + "/pipeline-root"
+
+        def compile_into(package: str, deadline: int | None) -> None:
             compile_verification_pipeline(request.job, request.candidate, request.output,
                                           package, secret_name=self.verify_secret_name,
                                           deadline_seconds=deadline)
-            root = request.output.rstrip("/") + "/pipeline-root"
+
+        return self._start(f"verify {meta.namespace}/{meta.name} ({request.key})",
+                           self.verify_namespace, root, request.job.spec, compile_into)
+
+    def _start(self, name: str, namespace: str | None, root: str, spec: CompressionSpec,
+               compile_into: Callable[[str, int | None], None]) -> str:
+        """The run `name` in `namespace`: the one already started (a create whose answer was
+        lost), else a new run of the pipeline `compile_into` writes (given the package path
+        and the operator's deadline for the job's tasks)."""
+        existing = self._find_run(name, namespace)
+        if existing:
+            return existing
+        deadline = run_deadline(spec, self.max_deadline_seconds) \
+            if self.max_deadline_seconds else None
+        with tempfile.TemporaryDirectory(prefix="modelpress-kfp-") as scratch:
+            package = str(Path(scratch) / "pipeline.yaml")
+            compile_into(package, deadline)
             return self._create_run(name, package, root, namespace)
 
     def poll(self, run_id: str) -> RunState:

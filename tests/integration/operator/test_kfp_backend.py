@@ -12,8 +12,9 @@ import pytest
 import yaml
 from kfp_standin import KfpStandIn
 
+from modelpress.api import StagedCandidate
 from modelpress.jobfile import parse_job
-from modelpress.operator.backends.base import BackendError, RunRequest
+from modelpress.operator.backends.base import BackendError, RunRequest, VerificationRequest
 from modelpress.operator.backends.kfp import KfpBackend
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -229,3 +230,18 @@ def test_a_missing_token_file_is_named(kfp_api: KfpStandIn, tmp_path: Path) -> N
     with pytest.raises(BackendError, match=f"the KFP token file {missing} cannot be read"):
         backend(kfp_api.url, token_path=missing).submit(request())
     assert kfp_api.state.requests == []
+
+
+def test_verification_runs_go_to_the_kfp_namespace_unless_another_is_set(
+        kfp_api: KfpStandIn) -> None:
+    staged = StagedCandidate(uri="s3://platform/verify/ml/uid-1/candidate/",
+                             sha256={"model.onnx": "d" * 64})
+    verification = VerificationRequest(key="uid-1", job=request().job, candidate=staged,
+                                       output="s3://platform/verify/ml/uid-1/verified/")
+    for options, expected in (({}, "kubeflow"),
+                              ({"verify_namespace": "modelpress-platform"},
+                               "modelpress-platform")):
+        run_id = backend(kfp_api.url, namespace="kubeflow", **options
+                         ).submit_verification(verification)
+        run = kfp_api.state.runs[run_id]
+        assert kfp_api.state.experiments[run["experiment_id"]].get("namespace") == expected
