@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urlparse
 
 import certifi
 import urllib3
@@ -34,7 +33,7 @@ from minio.helpers import check_bucket_name
 
 from modelpress.errors import StoreError
 from modelpress.settings import get_settings
-from modelpress.store import StoredObject, sha256_of
+from modelpress.store import StoredObject, parsed_uri, sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +114,7 @@ def normalize_endpoint(text: str) -> str:
     candidate = text.strip()
     if "://" not in candidate:
         candidate = f"https://{candidate}"
-    parsed = urlparse(candidate)
+    parsed = parsed_uri(candidate)
     if parsed.username is not None or parsed.password is not None:
         raise StoreError(
             "MODELPRESS_S3_ENDPOINT must not contain credentials; "
@@ -150,7 +149,7 @@ def connection_from_environment() -> S3Connection:
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     """`s3://bucket/some/prefix/` → ("bucket", "some/prefix")."""
-    parsed = urlparse(uri)
+    parsed = parsed_uri(uri)
     if parsed.scheme != "s3" or not parsed.netloc:
         raise StoreError(f"{uri}: not an s3://bucket[/prefix] uri")
     try:

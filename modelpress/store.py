@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import unquote, urlparse
+from urllib.parse import ParseResult, unquote, urlparse
 
 from modelpress.errors import InvalidInput, StoreError
 from modelpress.settings import within_allowed_roots
@@ -106,6 +106,16 @@ def open_store(location: str | Path) -> Store:
     return LocalStore(folder)
 
 
+def parsed_uri(uri: str) -> ParseResult:
+    """`urlparse(uri)`, with StoreError naming the uri where urlparse raises ValueError
+    (e.g. an unclosed `[` in the host, read as an IPv6 address), so that a hostile
+    location is refused as invalid input rather than crashing its reader."""
+    try:
+        return urlparse(uri)
+    except ValueError as error:
+        raise StoreError(f"{uri[:200]}: not a valid uri ({error})") from None
+
+
 def file_uri_path(uri: str) -> Path:
     """The path on this machine a `file://` uri names, for inputs and outputs alike.
 
@@ -113,7 +123,7 @@ def file_uri_path(uri: str) -> Path:
     file elsewhere, which modelpress cannot reach, so it is refused rather than dropped
     (`file://host/x` is not `/x`) or read as a relative path (`host/x`).
     """
-    parsed = urlparse(uri)
+    parsed = parsed_uri(uri)
     if parsed.netloc not in ("", "localhost"):
         raise StoreError(f"{uri} names host {parsed.netloc!r}; a file:// uri names a file on "
                          "this machine: file:///absolute/path")

@@ -17,7 +17,6 @@ which the fetch step does with the same refusal (`program_refusal`); so is an HF
 from __future__ import annotations
 
 from pathlib import PurePosixPath
-from urllib.parse import urlparse
 
 from modelpress.api import CompressionSpec, DistillStep
 from modelpress.errors import InvalidInput
@@ -39,7 +38,7 @@ def untrusted_program(spec: CompressionSpec, trusted: bool) -> InvalidInput | No
     """The refusal of the first field of `spec` that names a program, unless `trusted`."""
     if trusted:
         return None
-    what = PROGRAM_SUFFIXES.get(PurePosixPath(urlparse(spec.model.uri).path).suffix.lower())
+    what = PROGRAM_SUFFIXES.get(_suffix(spec.model.uri))
     if what:
         return program_refusal("spec.model.uri", f"{spec.model.uri} is {what}")
     if _is_python(spec.model.architecture):
@@ -62,3 +61,11 @@ def require_trusted(spec: CompressionSpec, trusted: bool) -> None:
 
 def _is_python(reference: str | None) -> bool:
     return reference is not None and reference.startswith(PYTHON_SCHEME)
+
+
+def _suffix(uri: str) -> str:
+    """The suffix of the file `uri` names, before any query or fragment; not through
+    urlparse, which raises on a malformed host (an unclosed `[`) and so would let a
+    hostile uri crash the check instead of being refused."""
+    path = uri.split("?", 1)[0].split("#", 1)[0]
+    return PurePosixPath(path).suffix.lower()

@@ -114,6 +114,8 @@ _STUDENT = [{"distill": {"student": "python://pkg.models:small"}}]
 PROGRAMS = {
     "pt2": (_spec({"uri": "s3://models/net.pt2"}), "spec.model.uri", "torch.export program"),
     "ts": (_spec({"uri": "file:///models/net.TS"}), "spec.model.uri", "TorchScript"),
+    "pt2-behind-a-malformed-host": (_spec({"uri": "https://[0/net.pt2?x=1"}), "spec.model.uri",
+                                    "torch.export program"),
     "python-architecture": (
         _spec({"uri": "file:///models/net.pt", "architecture": "python://pkg.models:build"}),
         "spec.model.architecture", "python://pkg.models:build"),

@@ -45,6 +45,12 @@ def test_a_file_uri_without_a_path_is_refused() -> None:
         file_uri_path("file://localhost")
 
 
+@pytest.mark.parametrize("uri", ["file://[0/models/", "s3://[bucket/models/"])
+def test_a_malformed_host_is_a_store_error_naming_the_uri(uri: str) -> None:
+    with pytest.raises(StoreError, match=r"not a valid uri"):
+        open_store(uri)
+
+
 # ----------------------------------------------------------------------------- builtin://
 
 

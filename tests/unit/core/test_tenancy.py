@@ -85,6 +85,12 @@ def test_a_file_uri_naming_another_host_is_outside(tmp_path: Path) -> None:
     assert problem is not None and "names host 'elsewhere'" in problem
 
 
+def test_a_file_uri_with_a_malformed_host_is_refused_not_raised(tmp_path: Path) -> None:
+    """urlparse raises ValueError on an unclosed `[` (an IPv6 host): a refusal here."""
+    problem = outside("file://[0/team-a/", [f"{tmp_path.as_uri()}/"])
+    assert problem is not None and "not a valid uri" in problem
+
+
 def test_no_prefixes_means_nothing_is_under() -> None:
     assert outside("s3://modelpress/team-a/", []) is not None
 
