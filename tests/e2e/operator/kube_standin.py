@@ -290,9 +290,14 @@ class KubeStandIn:
                                                    min(left, WATCH_KEEPALIVE_SECONDS))
                 except TimeoutError:
                     continue
-                if event["type"] == "STOP":
+                events = [event, *_queued(watcher.queue)]
+                stop = any(queued["type"] == "STOP" for queued in events)
+                lines = [json.dumps(queued).encode() + b"\n" for queued in events
+                         if queued["type"] != "STOP"]
+                if lines:
+                    await response.write(b"".join(lines))
+                if stop:
                     break
-                await response.write(json.dumps(event).encode() + b"\n")
         except (ConnectionResetError, asyncio.CancelledError):
             pass  # the client went away
         finally:
@@ -314,3 +319,13 @@ class KubeStandIn:
             return events
         return [{"type": type_, "object": obj} for rv, type_, kind, obj in self.store.history
                 if rv > int(version) and kind == watcher.kind and watcher.wants(obj)]
+
+
+def _queued(queue: asyncio.Queue[Json]) -> list[Json]:
+    """Every event already waiting: a watch writes them in one go, as the API server's
+    buffered watch channel does, so that under a burst of writes the stream keeps up with
+    the store instead of taking a turn of the event loop per event."""
+    events = []
+    while not queue.empty():
+        events.append(queue.get_nowait())
+    return events
