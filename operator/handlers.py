@@ -1,13 +1,13 @@
 """kopf handlers: thin entries into the controller and its ticker.
 
 A brand-new job gets its first status from the intake (no backend involved), in kopf's
-first processing cycle; kopf puts the finalizer on in the next (the echo of that write),
-so the first cycle costs one request, not a status and a finalizer patch whose echo made
-kopf try the finalizer a second time (a 422 and a third cycle per job). No run is
-submitted before the finalizer is on (scheduling.Schedule.waiting, Controller._observe).
-From then on one ticker (operator/ticker.py) syncs the jobs whose state can change (see
-operator/scheduling.py); the handlers only tell it what the watch stream brought: a job
-first seen (e.g. after a restart), an edit, its finalizer. Deleting a job runs the
+first processing cycle: one request. Its finalizer is put on by the ticker when it admits
+the job, just before its run is submitted (Ticker._finalized, Controller._observe), not by
+kopf: when 1,000 jobs arrive at once, a finalizer patch for each, and kopf's processing
+of its watch event, delayed the first status of the jobs behind it (docs/operator-
+throughput.md). From then on one ticker (operator/ticker.py) syncs the jobs whose state
+can change (see operator/scheduling.py); the handlers only tell it what the watch stream
+brought: a job first seen (e.g. after a restart), an edit. Deleting a job runs the
 finalizer; a job deleted before its finalizer was on (it had no run) is just forgotten.
 The controller comes through kopf's `memo` (see main.run_operator); the ticker is made at
 startup and started by the first job event, whose context holds kopf's Event poster.
@@ -83,8 +83,8 @@ def _brand_new(body: kopf.Body, event: kopf.RawEvent, **_: Any) -> bool:
 @kopf.on.event(API_GROUP, API_VERSION, PLURAL, when=_brand_new)
 async def intake(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     """A new job's first status (Pending, or Failed for an invalid spec), written in kopf's
-    first processing cycle of the job; the ticker admits it when its finalizer is on and a
-    slot is free. Pure and quick, so it runs on the event loop."""
+    first processing cycle of the job; the ticker admits it when a slot is free. Pure and
+    quick, so it runs on the event loop."""
     job = view_of(body)
     status = memo.controller.accept(job, _events_of(body))
     patch.status.update(status)
@@ -108,16 +108,14 @@ async def observe(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.ticker.start()
 
 
-def _needs_finalizer(body: kopf.Body, **_: Any) -> bool:
-    """From the intake's first status on (or with the finalizer already on): kopf adds the
-    finalizer, and runs `finalize` on deletion, only for such jobs. The filter is what makes
-    kopf wait a cycle rather than patch the finalizer beside the intake's status."""
-    metadata = body.get("metadata", {})
-    return bool((body.get("status") or {}).get("phase")) \
-        or FINALIZER in (metadata.get("finalizers") or [])
+def _has_finalizer(body: kopf.Body, **_: Any) -> bool:
+    """The ticker's finalizer is on: kopf runs `finalize` on deletion and then takes it off.
+    kopf adds the finalizer of a deletion handler to every job its filter matches, so
+    matching only jobs that have it leaves putting it on to the ticker."""
+    return FINALIZER in (body.get("metadata", {}).get("finalizers") or [])
 
 
-@kopf.on.delete(API_GROUP, API_VERSION, PLURAL, when=_needs_finalizer)
+@kopf.on.delete(API_GROUP, API_VERSION, PLURAL, when=_has_finalizer)
 def finalize(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     job = view_of(body)
     try:

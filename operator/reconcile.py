@@ -67,7 +67,7 @@ from modelpress.tenancy import DEFAULT_PREFIXES
 from modelpress.trust import untrusted_program
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
-# The operator's finalizer: on a job from its first status on, and always before its run is
+# The operator's finalizer: put on a job when the ticker admits it, always before its run is
 # submitted, so deleting a job stops its run.
 FINALIZER = f"{API_GROUP}/finalizer"
 DEFAULT_MAX_DEADLINE_SECONDS = 6 * 3600
@@ -90,8 +90,8 @@ class JobView:
     status: Mapping[str, Any] | None = None
     annotations: Mapping[str, str] = field(default_factory=dict)
     resource_version: str = ""
-    # Whether FINALIZER is on the job. kopf adds it in the cycle after the intake's first
-    # status write; until then no run is submitted for the job.
+    # Whether FINALIZER is on the job. The ticker puts it on when it admits the job; no run
+    # is submitted for a job without it.
     has_finalizer: bool = True
 
 
@@ -201,8 +201,8 @@ def reconcile(job: JobView, parsed: Checked, observed: Observation,
 def accept(job: JobView, parsed: Checked, now: datetime) -> CompressionStatus:
     """The first status of a job no sync has seen yet: Pending and queued, or Failed when
     its spec is invalid. Neither needs the backend, so the operator writes it in the first
-    processing cycle of the job and a job has a phase right after it is applied; a sync
-    admits it once its finalizer is on."""
+    processing cycle of the job and a job has a phase right after it is applied; the
+    ticker admits it when a slot is free, putting its finalizer on first."""
     before = parse_status(job.status)
     if isinstance(parsed, str):
         status = invalid(before, parsed, now)

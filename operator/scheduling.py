@@ -8,8 +8,8 @@ this schedule and one ticker (`ticker.Ticker`) works through it:
 
 - a run in flight, or an unfinished promotion: synced every poll interval;
 - waiting for a slot: synced in arrival order when a slot may have freed (a run seen
-  ending, a job deleted, or once per poll interval for slots freed elsewhere), once its
-  finalizer is on;
+  ending, a job deleted, or once per poll interval for slots freed elsewhere), the
+  ticker putting its finalizer on first;
 - edited (a generation its status has not observed), or first seen: synced at once;
 - settled: never, until an edit.
 
@@ -97,22 +97,21 @@ class Schedule:
             or _own_annotations(entry.view) != _own_annotations(view)
 
     def observe(self, view: JobView, now: float) -> bool:
-        """Take in a job from a watch event; whether a sync is due at once (a job first
-        seen, or one whose spec changed), or a queued job may now be admitted (its finalizer
-        is on). A known job keeps the status written last."""
+        """Take in a job from a watch event (or the ticker's own finalizer write); whether
+        a sync is due at once (a job first seen, or one whose spec changed). A known job
+        keeps the status written last."""
         entry = self._entry(view.uid)
         if entry is None:
             self._settled.pop(view.uid, None)
             self._place(view.uid, _Entry(view, waiting_for(view.status), now))
             return True
         edited = entry.view.generation != view.generation
-        admissible = view.has_finalizer and not entry.view.has_finalizer
         entry.view = replace(view, status=entry.view.status)
         if edited:
             entry.due = now
             if entry.waiting is Waiting.SLOT:
                 self._edited.add(view.uid)
-        return edited or admissible
+        return edited
 
     def synced(self, view: JobView, status: Mapping[str, Any], now: float) -> None:
         """Record the status just written (or confirmed) for `view`, and when the job is
@@ -150,10 +149,8 @@ class Schedule:
         return [entry.view for entry in self._polled_now() if entry.due <= now]
 
     def waiting(self, now: float) -> Iterator[JobView]:
-        """Jobs waiting for a slot, first come first served: not those backing off, nor those
-        whose finalizer is not on yet (deleting one could not stop its run)."""
-        return (entry.view for entry in list(self._queued.values())
-                if entry.due <= now and entry.view.has_finalizer)
+        """Jobs waiting for a slot, first come first served, but not those backing off."""
+        return (entry.view for entry in list(self._queued.values()) if entry.due <= now)
 
     def next_due(self) -> float | None:
         """The earliest time a job of `due` is due (None: none is)."""

@@ -279,8 +279,7 @@ def _rules(manifests: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
 
 
 OPERATOR_RULES = {
-    ("modelpress.io", "compressionjobs", "list"), ("modelpress.io", "compressionjobs", "watch"),
-    ("modelpress.io", "compressionjobs", "patch"),
+    *(("modelpress.io", "compressionjobs", verb) for verb in ("get", "list", "watch", "patch")),
     ("modelpress.io", "compressionjobs/status", "patch"),
     ("", "events", "create"),
     # kopf peering between the replicas: the KopfPeering of the watched namespace

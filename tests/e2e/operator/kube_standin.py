@@ -228,6 +228,7 @@ class KubeStandIn:
         if request.method == "PATCH":
             current = copy.deepcopy(self.store.get(kind, namespace, name))
             body = await request.json()
+            _check_precondition(current, body)
             patched = json_patch(current, body) if isinstance(body, list) \
                 else merge_patch(current, body)
             return web.json_response(self.store.update(kind, namespace, name, patched,
@@ -319,6 +320,17 @@ class KubeStandIn:
             return events
         return [{"type": type_, "object": obj} for rv, type_, kind, obj in self.store.history
                 if rv > int(version) and kind == watcher.kind and watcher.wants(obj)]
+
+
+def _check_precondition(current: Json, patch: Any) -> None:
+    """A merge patch that names a resourceVersion applies only to that version (409
+    Conflict otherwise), as the API server has it."""
+    wanted = (patch.get("metadata") or {}).get("resourceVersion") \
+        if isinstance(patch, dict) else None
+    if wanted is not None and wanted != current["metadata"]["resourceVersion"]:
+        raise web.HTTPConflict(text=status_document(
+            409, "Conflict", "the object has been modified; please apply your changes to "
+            "the latest version and try again"), content_type="application/json")
 
 
 def _queued(queue: asyncio.Queue[Json]) -> list[Json]:

@@ -14,7 +14,7 @@ from test_ticker import Writer
 from modelpress.operator.controller import Controller
 from modelpress.operator.metrics import OperatorMetrics
 from modelpress.operator.peering import PeeringGate, outranked
-from modelpress.operator.ticker import Ticker
+from modelpress.operator.ticker import INTAKE_QUIET_SECONDS, Ticker
 
 CLOCK = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -83,6 +83,7 @@ def test_a_paused_replica_ticks_nothing_until_it_leads() -> None:
                     may_act=lambda: leading[0])
     new = job()
     ticker.accepted(new, controller.accept(new, Events()))
+    ticks.now += INTAKE_QUIET_SECONDS  # arrivals paused: only the peering holds it back
     asyncio.run(ticker.tick())
     assert backend.submitted == [] and writer.patches == {}
     leading[0] = True

@@ -47,17 +47,19 @@ def test_queued_jobs_wait_in_arrival_order_and_are_never_polled() -> None:
     assert schedule.due(now=1000.0) == [] and schedule.next_due() is None
 
 
-def test_a_job_is_offered_a_slot_only_once_its_finalizer_is_on() -> None:
+def test_a_job_without_its_finalizer_waits_for_a_slot_like_any_other() -> None:
+    """The ticker puts the finalizer on when it admits a job; the schedule records it."""
     schedule = Schedule(POLL)
-    schedule.synced(view("a"), QUEUED, now=0.0)
     bare = replace(view("b"), has_finalizer=False)
+    schedule.synced(view("a"), QUEUED, now=0.0)
     schedule.synced(bare, QUEUED, now=0.0)
-    assert [j.uid for j in schedule.waiting(now=0.0)] == ["a"]
+    assert [j.uid for j in schedule.waiting(now=0.0)] == ["a", "b"]
     assert not schedule.is_news(replace(bare, resource_version="2"))  # an echo of a write
     finalized = replace(bare, has_finalizer=True)
     assert schedule.is_news(finalized)
-    assert schedule.observe(finalized, now=1.0)  # an admission pass is due
-    assert [j.uid for j in schedule.waiting(now=1.0)] == ["a", "b"]
+    assert not schedule.observe(finalized, now=1.0)  # no sync due: it still waits its turn
+    assert not schedule.is_news(replace(finalized, resource_version="3"))  # the echo of it
+    assert [j.has_finalizer for j in schedule.waiting(now=1.0)] == [True, True]
     assert schedule.due(now=1.0) == []  # still waits for a slot, not polled
 
 

@@ -14,7 +14,12 @@ from modelpress.operator.backends.base import RunState
 from modelpress.operator.controller import Controller
 from modelpress.operator.metrics import OperatorMetrics
 from modelpress.operator.reconcile import JobView
-from modelpress.operator.ticker import JobGone, Ticker
+from modelpress.operator.ticker import (
+    INTAKE_QUIET_SECONDS,
+    MAX_YIELD_SECONDS,
+    JobGone,
+    Ticker,
+)
 
 POLL = 1.0
 
@@ -41,27 +46,43 @@ class Writer:
 
     patches: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     fail_with: Exception | None = None
+    finalized: list[str] = field(default_factory=list)  # jobs given the finalizer, in order
+    # What put_finalizer does next, per call: True (put), False (a newer version), or raise.
+    finalizer_answers: list[bool | Exception] = field(default_factory=list)
 
     def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
         if self.fail_with is not None:
             raise self.fail_with
         self.patches.setdefault(name, []).append(patch)
 
+    def put_finalizer(self, job: JobView) -> bool:
+        answer = self.finalizer_answers.pop(0) if self.finalizer_answers else True
+        if isinstance(answer, Exception):
+            raise answer
+        if answer:
+            self.finalized.append(job.name)
+        return answer
+
     def phase(self, name: str) -> str | None:
         phases = [p["phase"] for p in self.patches.get(name, []) if "phase" in p]
         return phases[-1] if phases else None
 
 
-def _ticker(backend: Runs, writer: Writer, ticks: Ticks) -> Ticker:
+def _ticker(backend: Runs, writer: Writer, ticks: Ticks,
+            intake_quiet_seconds: float = 0.0) -> Ticker:
+    """A ticker that, unless told otherwise, never waits for arrivals to pause (the tests
+    of that give it the operator's quiet time)."""
     controller = Controller(backend, CONFIG, OperatorMetrics(),  # type: ignore[arg-type]
                             results_reader=lambda output: run_results(), copier=Copier(),
                             clock=lambda: NOW, monotonic=ticks)
-    return Ticker(controller, writer, lambda job: Events(), POLL, monotonic=ticks)
+    return Ticker(controller, writer, lambda job: Events(), POLL, monotonic=ticks,
+                  intake_quiet_seconds=intake_quiet_seconds)
 
 
-def _accepted(ticker: Ticker, count: int) -> list[JobView]:
+def _accepted(ticker: Ticker, count: int, has_finalizer: bool = True) -> list[JobView]:
     """`count` new jobs through the intake, as the handler does."""
-    jobs = [replace(job(), uid=f"uid-{n}", name=f"job-{n}") for n in range(count)]
+    jobs = [replace(job(), uid=f"uid-{n}", name=f"job-{n}", has_finalizer=has_finalizer)
+            for n in range(count)]
     for new in jobs:
         ticker.accepted(new, ticker.controller.accept(new, Events()))
     return jobs
@@ -169,3 +190,107 @@ def test_the_running_ticker_wakes_for_a_new_job() -> None:
 
     asyncio.run(running())
     assert len(backend.submitted) == 1
+
+
+# ---------------------------------------------------------------------------- the finalizer
+
+def test_the_finalizer_goes_on_only_as_a_job_is_admitted_and_before_its_run() -> None:
+    """A queued job costs no write but its first status: of ten new jobs, the two admitted
+    get the finalizer, each before its run is submitted, and the next in line, which found
+    every slot taken, keeps it for its turn."""
+    backend, writer, ticks = Runs(capacity=2), Writer(), Ticks()
+    ticker = _ticker(backend, writer, ticks)
+    _accepted(ticker, 10, has_finalizer=False)
+    asyncio.run(ticker.tick())
+    assert writer.finalized == ["job-0", "job-1", "job-2"]
+    assert [r.job.metadata.name for r in backend.submitted] == ["job-0", "job-1"]
+    assert [j.has_finalizer for j in ticker.schedule.waiting(ticks.now)] == [True] + [False] * 7
+
+
+def test_a_job_whose_finalizer_met_a_newer_version_is_tried_again_later() -> None:
+    backend, writer, ticks = Runs(capacity=1), Writer(finalizer_answers=[False]), Ticks()
+    ticker = _ticker(backend, writer, ticks)
+    _accepted(ticker, 1, has_finalizer=False)
+
+    async def ticking() -> None:
+        await ticker.tick()
+        assert backend.submitted == [] and backend.capacity_checks == 0
+        await ticker.tick()  # the conflict asked for another pass
+
+    asyncio.run(ticking())
+    assert writer.finalized == ["job-0"] and len(backend.submitted) == 1
+
+
+def test_a_failed_finalizer_write_is_counted_and_retried_without_a_run() -> None:
+    backend, ticks = Runs(capacity=1), Ticks()
+    writer = Writer(finalizer_answers=[OSError("api down")])
+    ticker = _ticker(backend, writer, ticks)
+    _accepted(ticker, 1, has_finalizer=False)
+
+    async def ticking() -> None:
+        await ticker.tick()
+        assert backend.submitted == []
+        ticks.now += 5.0
+        await ticker.tick()  # backing off: not tried again yet
+        assert writer.finalized == []
+        ticks.now += 5.0  # RETRY_SECONDS after the failure
+        await ticker.tick()
+
+    asyncio.run(ticking())
+    assert writer.finalized == ["job-0"] and len(backend.submitted) == 1
+    errors = ticker.controller.metrics.reconcile_errors.collect()[0].samples
+    assert any(sample.value == 1.0 for sample in errors)
+
+
+def test_a_job_gone_before_its_finalizer_is_forgotten_without_a_run() -> None:
+    backend, ticks = Runs(capacity=1), Ticks()
+    writer = Writer(finalizer_answers=[JobGone("ml/job-0")])
+    ticker = _ticker(backend, writer, ticks)
+    _accepted(ticker, 2, has_finalizer=False)
+    asyncio.run(ticker.tick())
+    assert writer.finalized == ["job-1"]  # the next in line took the slot
+    assert [r.job.metadata.name for r in backend.submitted] == ["job-1"]
+    assert len(ticker.schedule) == 1
+
+
+# ---------------------------------------------------------------- new jobs come first
+
+def test_no_sync_starts_while_new_jobs_arrive() -> None:
+    """The first statuses of a burst of new jobs are not slowed by syncs in threads: the
+    ticker admits nothing until arrivals pause."""
+    backend, writer, ticks = Runs(capacity=2), Writer(), Ticks()
+    ticker = _ticker(backend, writer, ticks, intake_quiet_seconds=INTAKE_QUIET_SECONDS)
+
+    async def ticking() -> None:
+        _accepted(ticker, 3)
+        await ticker.tick()
+        ticks.now += INTAKE_QUIET_SECONDS / 2
+        await ticker.tick()
+        assert backend.submitted == [] and backend.capacity_checks == 0
+        ticks.now += INTAKE_QUIET_SECONDS / 2  # a pause: the ticker's turn
+        await ticker.tick()
+
+    asyncio.run(ticking())
+    assert [r.job.metadata.name for r in backend.submitted] == ["job-0", "job-1"]
+
+
+def test_a_steady_stream_of_new_jobs_cannot_stall_the_ticker() -> None:
+    backend, writer, ticks = Runs(capacity=1), Writer(), Ticks()
+    ticker = _ticker(backend, writer, ticks, intake_quiet_seconds=INTAKE_QUIET_SECONDS)
+    step, began = INTAKE_QUIET_SECONDS / 2, ticks.now
+    first_submitted_at = None
+
+    async def ticking() -> None:
+        nonlocal first_submitted_at
+        for n in range(int(2 * MAX_YIELD_SECONDS / step)):
+            new = replace(job(), uid=f"uid-{n}", name=f"job-{n}")
+            ticker.accepted(new, ticker.controller.accept(new, Events()))
+            await ticker.tick()
+            if backend.submitted and first_submitted_at is None:
+                first_submitted_at = ticks.now
+            ticks.now += step
+
+    asyncio.run(ticking())
+    assert first_submitted_at == began + MAX_YIELD_SECONDS
+    assert backend.submitted[0].job.metadata.name == "job-0"
+
