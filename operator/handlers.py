@@ -28,6 +28,8 @@ from modelpress.operator.reconcile import FINALIZER, JobView
 from modelpress.operator.ticker import KubeStatusWriter, Ticker, kube_api
 
 RETRY_SECONDS = 10.0
+EVENT_POSTERS = 4
+EVENT_POSTER_LINGER_SECONDS = 0.05
 KOPF_PREFIX = f"kopf.{API_GROUP}"
 
 
@@ -52,15 +54,19 @@ class NoDiffBase(kopf.DiffBaseStorage):
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Progress in annotations of kopf's own prefix (the status belongs to the job, and
     modelpress.io/ annotations to the user), no diff base, our finalizer name, only
-    warnings of kopf's own log turned into Events (ours are explicit), one Event poster,
+    warnings of kopf's own log turned into Events (ours are explicit), a few Event posters,
     and the ticker."""
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
     settings.persistence.diffbase_storage = NoDiffBase()
     settings.posting.level = logging.WARNING
-    # Events go out one at a time: when many jobs arrive at once, their statuses (the
-    # first thing a user looks at) are not queued behind hundreds of Event posts.
-    settings.posting.worker_limit = 1
+    # kopf posts each job's Events in order from a worker of that job's, which lingers
+    # `idle_timeout` for more: a few such workers at a time keep a burst of new jobs'
+    # statuses (the first thing a user looks at) ahead of their Events, and a short linger
+    # keeps Events flowing (one worker lingering a second, the default, posted one Event a
+    # second: 1,000 new jobs' Queued Events took a quarter of an hour).
+    settings.posting.worker_limit = EVENT_POSTERS
+    settings.posting.idle_timeout = EVENT_POSTER_LINGER_SECONDS
     operator = OperatorSettings()
     memo.ticker = Ticker(memo.controller, KubeStatusWriter(kube_api()), _events_of_job,
                          operator.poll_interval_seconds, workers=operator.sync_workers,
