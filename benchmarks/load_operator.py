@@ -2,6 +2,7 @@
 
     python benchmarks/load_operator.py [--jobs 200] [--max-runs 2] [--poll 1.0] [--repeat 1]
         [--profile FILE]
+    python benchmarks/load_operator.py --floor [--jobs 1000]
 
 The Kubernetes API stand-in (tests/e2e/operator/kube_standin.py) runs in this process;
 `modelpress operator --backend local` runs as its own process, its runs executed by a
@@ -23,6 +24,10 @@ then the benchmark waits for every job to reach a terminal phase and reports:
 
 Targets (issues 7 and 16): p95 ≤ 0.5 s, RSS ≤ 200 MB, 0 errors, at 1,000 jobs. Exit status
 1 when one is missed.
+
+`--floor` runs benchmarks/floor_watcher.py instead of the operator (a bare watch that gives
+each new job its phase, nothing else) with the same stand-in and load, and reports its
+apply → Pending latency: what the harness itself allows on this machine.
 """
 
 from __future__ import annotations
@@ -291,6 +296,34 @@ def run(jobs: int, max_runs: int, poll: float, timeout: float, runner: str,
     }
 
 
+def floor(jobs: int) -> dict[str, Any]:
+    """apply → Pending with benchmarks/floor_watcher.py in the operator's place."""
+    import subprocess
+
+    api = start_standin()
+    timeline = Timeline(api)
+    watcher = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "floor_watcher.py"),
+                                api.url])
+    try:
+        time.sleep(2.0)  # its watch is open
+        names = [f"load-{index:04d}" for index in range(jobs)]
+        began = time.monotonic()
+        with ThreadPoolExecutor(max_workers=min(64, jobs)) as pool:
+            list(pool.map(lambda name: create_job(api, job_document(name, LIGHT_SPEC)), names))
+        applied_s = time.monotonic() - began
+        deadline = time.monotonic() + 60.0
+        while len(timeline.first_phase) < jobs and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        watcher.kill()
+        watcher.wait()
+        api.stop()
+    latencies = timeline.latencies()
+    return {"floor": "benchmarks/floor_watcher.py", "jobs": jobs,
+            "applySeconds": round(applied_s, 2), "givenAPhase": len(latencies),
+            "applyToPendingSeconds": spread(latencies)}
+
+
 def verdict(report: dict[str, Any]) -> list[str]:
     """The targets missed (empty when every one is met)."""
     missed = []
@@ -331,7 +364,12 @@ def main() -> int:
                         help="cProfile the operator process (every thread) into FILE (pstats; "
                              "read with `python -m pstats FILE`); slows the operator down, so "
                              "its latencies are not comparable with an unprofiled run")
+    parser.add_argument("--floor", action="store_true",
+                        help="a bare watcher instead of the operator: the harness's own floor")
     arguments = parser.parse_args()
+    if arguments.floor:
+        print(json.dumps(floor(arguments.jobs), indent=2))
+        return 0
     reports = []
     for _ in range(arguments.repeat):
         report = run(arguments.jobs, arguments.max_runs, arguments.poll, arguments.timeout,
