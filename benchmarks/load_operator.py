@@ -251,10 +251,8 @@ def run(jobs: int, max_runs: int, poll: float, timeout: float, runner: str,
         sampler = MemorySampler(operator.process.pid)
         sampler.start()
         idle_rss_kb = sampler.read("VmRSS")
-        names = [f"load-{index:04d}" for index in range(jobs)]
         began = time.monotonic()
-        with ThreadPoolExecutor(max_workers=min(64, jobs)) as pool:
-            list(pool.map(lambda name: create_job(api, job_document(name, LIGHT_SPEC)), names))
+        apply_jobs(api, jobs)
         applied_s = time.monotonic() - began
         deadline = began + timeout
         while len(timeline.terminal) < jobs and time.monotonic() < deadline:
@@ -296,6 +294,13 @@ def run(jobs: int, max_runs: int, poll: float, timeout: float, runner: str,
     }
 
 
+def apply_jobs(api: KubeStandIn, jobs: int) -> None:
+    """POST `jobs` CompressionJobs at once, from 64 threads (as many clients would)."""
+    names = [f"load-{index:04d}" for index in range(jobs)]
+    with ThreadPoolExecutor(max_workers=min(64, jobs)) as pool:
+        list(pool.map(lambda name: create_job(api, job_document(name, LIGHT_SPEC)), names))
+
+
 def floor(jobs: int) -> dict[str, Any]:
     """apply → Pending with benchmarks/floor_watcher.py in the operator's place."""
     import subprocess
@@ -306,10 +311,8 @@ def floor(jobs: int) -> dict[str, Any]:
                                 api.url])
     try:
         time.sleep(2.0)  # its watch is open
-        names = [f"load-{index:04d}" for index in range(jobs)]
         began = time.monotonic()
-        with ThreadPoolExecutor(max_workers=min(64, jobs)) as pool:
-            list(pool.map(lambda name: create_job(api, job_document(name, LIGHT_SPEC)), names))
+        apply_jobs(api, jobs)
         applied_s = time.monotonic() - began
         deadline = time.monotonic() + 60.0
         while len(timeline.first_phase) < jobs and time.monotonic() < deadline:

@@ -15,7 +15,7 @@ import json
 import os
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from modelpress.operator.backends.local import LocalBackend
 from modelpress.operator.controller import Controller, view_of
 from modelpress.operator.metrics import OperatorMetrics
 from modelpress.operator.reconcile import FINALIZER, Config, JobView
+from modelpress.operator.scheduling import merged
 
 HERE = Path(__file__).resolve().parent
 FAKES = HERE / "operator"
@@ -78,11 +79,9 @@ def _job(uid: str, registry: dict[str, Any], gates: dict[str, Any] | None = None
 
 
 def _synced(controller: Controller, view: JobView) -> JobView:
-    patch = controller.sync(view, _events)
-    status = {key: value for key, value in {**(view.status or {}), **patch}.items()
-              if value is not None}
-    return JobView(**{**view.__dict__, "status": status,
-                      "resource_version": str(int(view.resource_version or 0) + 1)})
+    """The job after a sync, as the API server holds it once the status patch is merged."""
+    return replace(view, status=merged(view.status, controller.sync(view, _events)),
+                   resource_version=str(int(view.resource_version or 0) + 1))
 
 
 def _finished(controller: Controller, view: JobView) -> JobView:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from modelpress.operator.backends.local import LocalBackend
 from modelpress.operator.controller import Controller, view_of
 from modelpress.operator.metrics import OperatorMetrics
 from modelpress.operator.reconcile import FINALIZER, Config, JobView
+from modelpress.operator.scheduling import merged
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
@@ -58,10 +60,9 @@ def _until_finished(controller: Controller, view: JobView) -> JobView:
 
 
 def _synced(controller: Controller, view: JobView) -> JobView:
-    patch = controller.sync(view, _events)
-    status = {**(view.status or {}), **patch}
-    return JobView(**{**view.__dict__, "status": status,
-                      "resource_version": str(int(view.resource_version or 0) + 1)})
+    """The job after a sync, as the API server holds it once the status patch is merged."""
+    return replace(view, status=merged(view.status, controller.sync(view, _events)),
+                   resource_version=str(int(view.resource_version or 0) + 1))
 
 
 def _promoted_condition(status: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import io
 import json
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from modelpress.operator.backends.kfp import KfpBackend
 from modelpress.operator.controller import Controller, view_of
 from modelpress.operator.metrics import OperatorMetrics
 from modelpress.operator.reconcile import FINALIZER, Config, JobView
+from modelpress.operator.scheduling import merged
 from modelpress.records import Artifacts, PromotionVerdict, ResultsDocument
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -70,11 +72,9 @@ def _events(type_: str, reason: str, message: str) -> None:
 
 
 def _synced(controller: Controller, view: JobView) -> JobView:
-    patch = controller.sync(view, _events)
-    status = {key: value for key, value in {**(view.status or {}), **patch}.items()
-              if value is not None}
-    return JobView(**{**view.__dict__, "status": status,
-                      "resource_version": str(int(view.resource_version or 0) + 1)})
+    """The job after a sync, as the API server holds it once the status patch is merged."""
+    return replace(view, status=merged(view.status, controller.sync(view, _events)),
+                   resource_version=str(int(view.resource_version or 0) + 1))
 
 
 def _put(client: Any, bucket: str, key: str, data: bytes) -> None:

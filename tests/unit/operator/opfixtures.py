@@ -24,6 +24,7 @@ from modelpress.operator.reconcile import (
     checked,
     reconcile,
 )
+from modelpress.operator.scheduling import merged
 
 ROOT = Path(__file__).resolve().parents[3]
 NOW = datetime(2025, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -207,7 +208,5 @@ class Ticks:
 
 def apply(view: JobView, patch: dict[str, Any]) -> JobView:
     """The job as the API server holds it after the status patch (a new resourceVersion)."""
-    status = {**(view.status or {}), **patch}
-    status = {key: value for key, value in status.items() if value is not None}
-    return replace(view, status=status,
+    return replace(view, status=merged(view.status, patch),
                    resource_version=str(int(view.resource_version or 0) + 1))
