@@ -12,6 +12,9 @@ from modelpress.operator.backends.local import DEFAULT_WORKER_NICENESS
 from modelpress.settings import get_settings
 from modelpress.tenancy import DEFAULT_PREFIXES, DEFAULT_REGISTRY_MODELS
 
+# The operator's own process runs this many nice steps below its intake process.
+DEFAULT_CONTROL_NICENESS = 10
+
 
 def _default_workdir() -> Path:
     return get_settings().cache_dir / "operator-runs"
@@ -48,6 +51,12 @@ class OperatorSettings(BaseSettings):
         description="Jobs synced at once (each sync polls a run: an HTTP call for KFP).")
     local_workdir: Path = Field(default_factory=_default_workdir,
                                 description="Run folders of the local backend.")
+    control_niceness: int = Field(
+        default=DEFAULT_CONTROL_NICENESS, ge=0, le=19,
+        description="How much lower than its intake process's the CPU priority of the "
+                    "operator's own process (kopf's handlers, the ticker) is (nice steps; 0: "
+                    "the same), so a burst of new jobs gets its first statuses first. Within "
+                    "the pod only: its CPU cgroup is shared with nothing else.")
     worker_niceness: int = Field(
         default=DEFAULT_WORKER_NICENESS, ge=0, le=19,
         description="How much lower than the operator's the CPU priority of the local "

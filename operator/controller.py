@@ -37,7 +37,6 @@ from modelpress.operator.reconcile import (
     RunResults,
     SubmitRun,
     TerminateRun,
-    accept,
     checked,
     finalize,
     output_of,
@@ -170,16 +169,12 @@ class Controller:
             self._recorded.add(job.uid)
             return status_patch(job.status, after)
 
-    def accept(self, job: JobView, emit: EventSink) -> dict[str, Any]:
-        """The status patch of a job just created (see reconcile.accept). No backend and
-        no API call, so the handlers may call it on the event loop."""
-        before = parse_status(job.status)
-        after = accept(job, self._checked(job), self._clock())
-        for event in transition_events(before, after):
-            emit(event.type, event.reason, event.message)
-        self.metrics.record(self._key(job), before, after)
+    def observed(self, job: JobView) -> None:
+        """A job this process sees for the first time (given its first status by the
+        intake process, or after a restart): its phase goes into the metrics as it is."""
+        status = parse_status(job.status)
+        self.metrics.record(self._key(job), status, status)
         self._recorded.add(job.uid)
-        return status_patch(job.status, after)
 
     def delete(self, job: JobView, emit: EventSink) -> None:
         """The finalizer: terminate a run still in flight, drop the job's metric series."""

@@ -1,14 +1,15 @@
 """kopf handlers: thin entries into the controller and its ticker.
 
-A brand-new job gets its first status from the intake (no backend involved), in kopf's
-first processing cycle: one request. Its finalizer is put on by the ticker when it admits
-the job, just before its run is submitted (Ticker._finalized, Controller._observe), not by
-kopf: when 1,000 jobs arrive at once, a finalizer patch for each, and kopf's processing
-of its watch event, delayed the first status of the jobs behind it (docs/operator-
-throughput.md). From then on one ticker (operator/ticker.py) syncs the jobs whose state
-can change (see operator/scheduling.py); the handlers only tell it what the watch stream
-brought: a job first seen (e.g. after a restart), an edit. Deleting a job runs the
-finalizer; a job deleted before its finalizer was on (it had no run) is just forgotten.
+A brand-new job gets its first status from the intake, a process of its own beside kopf
+(operator/intake.py); kopf leaves it alone until it has a phase. Its finalizer is put on
+by the ticker when it admits the job, just before its run is submitted (Ticker._finalized,
+Controller._observe), not by kopf: when 1,000 jobs arrive at once, a finalizer patch for
+each, and kopf's processing of its watch event, delayed the first status of the jobs
+behind it (docs/operator-throughput.md). One ticker (operator/ticker.py) syncs the jobs
+whose state can change (see operator/scheduling.py); the handlers only tell it what the
+watch stream brought: a job first seen (given its phase by the intake, or after a
+restart), an edit. Deleting a job runs the finalizer; a job deleted before its finalizer
+was on (it had no run) is just forgotten.
 The controller comes through kopf's `memo` (see main.run_operator); the ticker is made at
 startup and started by the first job event, whose context holds kopf's Event poster.
 """
@@ -24,6 +25,7 @@ from modelpress.api import API_GROUP, API_VERSION, KIND
 from modelpress.crd import PLURAL
 from modelpress.operator.config import OperatorSettings
 from modelpress.operator.controller import EventSink, view_of
+from modelpress.operator.intake import brand_new
 from modelpress.operator.reconcile import FINALIZER, JobView
 from modelpress.operator.ticker import KubeStatusWriter, Ticker, kube_api
 
@@ -78,38 +80,19 @@ async def stop_ticking(memo: kopf.Memo, **_: Any) -> None:
     await memo.ticker.stop()
 
 
-def _brand_new(body: kopf.Body, event: kopf.RawEvent, **_: Any) -> bool:
-    """Created and never handled: no phase, no finalizer of ours yet, not being deleted."""
-    metadata = body.get("metadata", {})
-    return event.get("type") != "DELETED" and not (body.get("status") or {}).get("phase") \
-        and FINALIZER not in (metadata.get("finalizers") or []) \
-        and not metadata.get("deletionTimestamp")
-
-
-@kopf.on.event(API_GROUP, API_VERSION, PLURAL, when=_brand_new)
-async def intake(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    """A new job's first status (Pending, or Failed for an invalid spec), written in kopf's
-    first processing cycle of the job; the ticker admits it when a slot is free. Pure and
-    quick, so it runs on the event loop."""
-    job = view_of(body)
-    status = memo.controller.accept(job, _events_of(body))
-    patch.status.update(status)
-    memo.ticker.accepted(job, status)
-    memo.ticker.start()
-
-
 def _news(body: kopf.Body, event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> bool:
     """An event that tells the ticker something (most only echo its own status writes);
-    not a new job's (the intake's), nor one of a job being deleted (the finalizer's)."""
-    metadata = body.get("metadata", {})
-    return event.get("type") != "DELETED" and not metadata.get("deletionTimestamp") \
-        and not _brand_new(body, event) and bool(memo.ticker.is_news(view_of(body)))
+    not a new job's (the intake process's, until it has a phase), nor one of a job being
+    deleted (the finalizer's)."""
+    event_type = str(event.get("type"))
+    return event_type != "DELETED" and not body.get("metadata", {}).get("deletionTimestamp") \
+        and not brand_new(event_type, body) and bool(memo.ticker.is_news(view_of(body)))
 
 
 @kopf.on.event(API_GROUP, API_VERSION, PLURAL, when=_news)
 async def observe(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """A job first seen (after a restart, or an edit of a settled one) or edited: the
-    ticker syncs it at once."""
+    """A job first seen (just given its phase by the intake, or after a restart) or edited:
+    the ticker queues it, or syncs it at once."""
     memo.ticker.observe(view_of(body))
     memo.ticker.start()
 

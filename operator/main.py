@@ -15,6 +15,7 @@ from modelpress.errors import InvalidInput
 from modelpress.operator.backends.base import Backend, Verifier
 from modelpress.operator.config import OperatorSettings
 from modelpress.operator.controller import Controller
+from modelpress.operator.intake import start_intake
 from modelpress.operator.metrics import OperatorMetrics
 from modelpress.operator.peering import PeeringGate, own_identity
 from modelpress.operator.reconcile import Config
@@ -96,9 +97,18 @@ def run_operator(backend: str, namespace: str | None, all_namespaces: bool,
         raise InvalidInput("--backend", LOCAL_IS_SINGLE_TENANT)
     settings = OperatorSettings()
     config = operator_config(settings, backend)
-    chosen_backend = make_backend(backend, settings)
+    watched = [] if all_namespaces else [namespace or current_namespace()]
+    scope = None if all_namespaces else watched[0]
+    peering = PeeringSettings()
+    options = peering_options(peering)
+
+    chosen_backend = make_backend(backend, settings)  # starts nothing until a run
     kopf.configure(debug=settings.log_debug,
                    log_format=kopf.LogFormat.JSON if settings.log_json else kopf.LogFormat.FULL)
+    # Forked before anything here starts a thread (operator/intake.py).
+    start_intake(config, scope, None if options["standalone"] else
+                 lambda: ticker_gate(options, scope))
+    os.nice(settings.control_niceness)  # the intake first (see OperatorSettings)
     prometheus_client.disable_created_metrics()  # no *_created series next to each counter
     metrics = OperatorMetrics()
     prometheus_client.start_http_server(metrics_port, addr=settings.metrics_address,
@@ -108,14 +118,11 @@ def run_operator(backend: str, namespace: str | None, all_namespaces: bool,
                             verifier=chosen_backend if isinstance(chosen_backend, Verifier)
                             else None,
                             registry_models=settings.registry_models)
-    watched = [] if all_namespaces else [namespace or current_namespace()]
-    peering = PeeringSettings()
     kopf_settings = kopf.OperatorSettings()
     kopf_settings.peering.lifetime = peering.lifetime_seconds
     # uvloop: kopf's event handling is the operator's bottleneck when many jobs arrive at
     # once (benchmarks/load_operator.py); kopf's own CLI picks it the same way.
-    options = peering_options(peering)
-    gate = ticker_gate(options, None if all_namespaces else watched[0])
+    gate = ticker_gate(options, scope)
     kopf.run(clusterwide=all_namespaces, namespaces=watched, settings=kopf_settings,
              liveness_endpoint=settings.liveness_endpoint,
              memo=kopf.Memo(controller=controller, may_act=gate),

@@ -85,6 +85,10 @@ class Schedule:
     def __len__(self) -> int:
         return len(self._queued) + len(self._polled)
 
+    def knows(self, uid: str) -> bool:
+        """Whether the job is queued, polled or settled here."""
+        return self._entry(uid) is not None or uid in self._settled
+
     def is_news(self, view: JobView) -> bool:
         """Whether a watch event of `view` tells the schedule something: a job it does not
         know (first seen, e.g. after a restart), a new generation, its finalizer put on, or

@@ -24,7 +24,7 @@ from modelpress.operator.reconcile import FINALIZER, JobView
 from modelpress.operator.scheduling import Schedule, Waiting, merged, waiting_for
 
 RETRY_SECONDS = 10.0
-# While new jobs arrive (the last one accepted less than INTAKE_QUIET_SECONDS ago) the
+# While new jobs arrive (the last one seen less than INTAKE_QUIET_SECONDS ago) the
 # ticker starts no sync, for at most MAX_YIELD_SECONDS at a time (see Ticker._yields).
 INTAKE_QUIET_SECONDS = 0.25
 MAX_YIELD_SECONDS = 10.0
@@ -128,7 +128,7 @@ class Ticker:
         self._admit = True  # whether something may have freed a slot since the last pass
         self._admitted_at = 0.0  # monotonic time of the last admission pass
         self._intake_quiet_seconds = intake_quiet_seconds
-        self._accepted_at = -intake_quiet_seconds  # monotonic time of the last new job
+        self._arrived_at = -intake_quiet_seconds  # monotonic time a new job was last seen
         self._yield_began: float | None = None  # when the current yield to the intake began
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -136,22 +136,22 @@ class Ticker:
 
     # ------------------------------------------------------- from kopf's handlers
 
-    def accepted(self, job: JobView, patch: dict[str, Any]) -> None:
-        """A new job got its first status (`patch`, from the intake)."""
-        now = self._monotonic()
-        with self._lock:
-            self.schedule.synced(job, merged(job.status, patch), now)
-        self._accepted_at = now
-        self._poke()
-
     def is_news(self, job: JobView) -> bool:
         with self._lock:
             return self.schedule.is_news(job)
 
     def observe(self, job: JobView) -> None:
-        """A watch event of a job (see Schedule.observe)."""
+        """A watch event of a job (see Schedule.observe). A job first seen waiting for a
+        slot has just arrived (the intake gave it its phase), or this process has just
+        started: either way, more may follow at once (see _yields)."""
+        now = self._monotonic()
         with self._lock:
-            due = self.schedule.observe(job, self._monotonic())
+            first_seen = not self.schedule.knows(job.uid)
+            due = self.schedule.observe(job, now)
+        if first_seen:
+            self.controller.observed(job)
+            if waiting_for(job.status) is Waiting.SLOT:
+                self._arrived_at = now
         if due:
             self._poke()
 
@@ -196,15 +196,14 @@ class Ticker:
             await self._admit_waiting()
 
     def _yields(self, now: float) -> bool:
-        """Whether to start no sync now, so that new jobs arriving get their first status
-        first. Syncs run in threads, and under one GIL each busy one slows the event loop
-        on which kopf writes the first statuses (every I/O the loop waits on hands the GIL
-        to a thread for up to the switch interval): 1,000 jobs applied at once waited 20 s
-        for their phase while the ticker ran the first runs. The intake costs no backend
-        call, and a burst is over in seconds, so the ticker waits for a pause in arrivals,
-        but never more than MAX_YIELD_SECONDS at a time, so that a steady stream of new
-        jobs cannot stall the runs in flight."""
-        if now - self._accepted_at >= self._intake_quiet_seconds:
+        """Whether to start no sync now, while new jobs arrive. Syncs (submit, poll, read
+        results, in threads) compete for the CPUs with the intake process, which writes
+        the new jobs' first status, and with this event loop, which takes them over: with
+        the ticker running the first runs during a burst, 1,000 jobs applied at once waited
+        20 s for their phase. A burst is over in seconds, so the ticker waits for a pause
+        in arrivals, but never more than MAX_YIELD_SECONDS at a time, so that a steady
+        stream of new jobs cannot stall the runs in flight."""
+        if now - self._arrived_at >= self._intake_quiet_seconds:
             self._yield_began = None
             return False
         if self._yield_began is None:

@@ -83,6 +83,8 @@ modelpress-operator
   value: {{ .Values.operator.pollIntervalSeconds | quote }}
 - name: MODELPRESS_SYNC_WORKERS
   value: {{ .Values.operator.syncWorkers | quote }}
+- name: MODELPRESS_CONTROL_NICENESS
+  value: {{ .Values.operator.controlNiceness | quote }}
 - name: MODELPRESS_WORKER_NICENESS
   value: {{ .Values.operator.workerNiceness | quote }}
 {{- with .Values.promotion.registry }}

@@ -14,6 +14,8 @@ import yaml
 
 from modelpress.api import CompressionStatus, Results, StepStatus
 from modelpress.operator.backends.base import BackendError, RunRequest, RunState
+from modelpress.operator.controller import Controller
+from modelpress.operator.intake import first_status
 from modelpress.operator.reconcile import (
     Config,
     Decision,
@@ -210,3 +212,14 @@ def apply(view: JobView, patch: dict[str, Any]) -> JobView:
     """The job as the API server holds it after the status patch (a new resourceVersion)."""
     return replace(view, status=merged(view.status, patch),
                    resource_version=str(int(view.resource_version or 0) + 1))
+
+
+def intake(controller: Controller, view: JobView, events: Events | None = None) -> JobView:
+    """`view` after the intake process's first status, as the operator's process first
+    sees it (its Events go to `events`)."""
+    first = first_status(view, controller.config, NOW)
+    for event in first.events:
+        (events or Events())(event.type, event.reason, event.message)
+    accepted = apply(view, first.patch)
+    controller.observed(accepted)
+    return accepted

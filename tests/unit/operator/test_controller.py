@@ -16,6 +16,7 @@ from opfixtures import (
     FakeBackend,
     Ticks,
     apply,
+    intake,
     job,
     run_results,
     spec,
@@ -124,29 +125,30 @@ def test_a_run_seen_ending_frees_its_slot_for_the_next_sync_at_once() -> None:
     assert controller.sync(second, Events())["runId"] == "run-2"
 
 
-def test_accept_writes_the_first_status_without_the_backend() -> None:
+def test_the_intakes_first_status_is_taken_over_without_the_backend() -> None:
     backend, events = FakeBackend(), Events()
     controller = _controller(backend)
-    patch = controller.accept(job(), events)
-    assert patch["phase"] == "Pending" and "runId" not in patch
+    view = intake(controller, job(), events)
+    assert view.status is not None and view.status["phase"] == "Pending"
+    assert "runId" not in view.status
     assert [(t, r) for t, r, _ in events.seen] == [("Normal", "Queued")]
     assert backend.capacity_checks == 0 and backend.submitted == []
     assert controller.metrics.registry.get_sample_value(
         "modelpress_jobs", {"namespace": "ml", "phase": "Pending"}) == 1
-    follow = controller.sync(apply(job(), patch), events)  # the create handler's sync
+    follow = controller.sync(view, events)  # admitted
     assert follow["runId"] == "run-1"
     assert events.reasons().count("Queued") == 1
 
 
-def test_accept_fails_an_invalid_job_with_one_warning() -> None:
+def test_an_invalid_job_fails_at_intake_with_one_warning() -> None:
     bad = spec()
     bad["steps"][0]["prune"]["sparsity"] = 1.5
     events = Events()
     controller = _controller(FakeBackend())
-    patch = controller.accept(job(bad), events)
-    assert patch["phase"] == "Failed"
+    view = intake(controller, job(bad), events)
+    assert view.status is not None and view.status["phase"] == "Failed"
     assert [(t, r) for t, r, _ in events.seen] == [("Warning", "InvalidSpec")]
-    assert controller.sync(apply(job(bad), patch), events) == {}  # settled: nothing more
+    assert controller.sync(view, events) == {}  # settled: nothing more
 
 
 def test_backend_outage_is_visible_and_recovers() -> None:
@@ -241,7 +243,7 @@ def parses(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
 
 def test_a_spec_is_parsed_once_per_generation(parses: list[tuple[str, int]]) -> None:
     controller = _controller(FakeBackend())
-    view = apply(job(), controller.accept(job(), Events()))
+    view = intake(controller, job())
     for _ in range(3):  # submitted, then running, then polled while running
         view = apply(view, controller.sync(view, Events()))
     assert view.status is not None and view.status["phase"] == "Running"
@@ -269,7 +271,7 @@ def test_no_run_is_submitted_before_the_finalizer_is_on() -> None:
     backend, events = FakeBackend(), Events()
     controller = _controller(backend)
     bare = replace(job(), has_finalizer=False)
-    view = apply(bare, controller.accept(bare, events))
+    view = intake(controller, bare, events)
     assert controller.sync(view, events) == {}
     assert backend.submitted == [] and backend.capacity_checks == 0
     assert controller.sync(replace(view, has_finalizer=True), events)["runId"] == "run-1"
@@ -279,11 +281,11 @@ def test_a_job_deleted_before_its_finalizer_is_forgotten(
         parses: list[tuple[str, int]]) -> None:
     controller = _controller(FakeBackend())
     bare = replace(job(), has_finalizer=False)
-    controller.accept(bare, Events())
+    controller.sync(intake(controller, bare), Events())  # parsed; no run without it
     controller.forget(bare)
     assert controller.metrics.registry.get_sample_value(
         "modelpress_jobs", {"namespace": "ml", "phase": "Pending"}) is None
-    controller.accept(bare, Events())  # the same uid again: nothing of it was kept
+    controller.sync(intake(controller, bare), Events())  # the same uid: nothing was kept
     assert parses == [("uid-1", 1), ("uid-1", 1)]
 
 

@@ -18,6 +18,7 @@ from opfixtures import (
     accepted,
     apply,
     in_flight,
+    intake,
     reconciled,
     run,
     run_results,
@@ -351,7 +352,7 @@ def test_a_full_namespace_does_not_hold_up_another_namespaces_queued_job() -> No
                     controller.sync(team_job(uid="a-2", name="waiting"), Events()))
     assert waiting.status is not None and _queued(waiting.status)
     fresh = team_job(namespace="team-b", uid="b-1", name="queued")
-    queued_b = apply(fresh, controller.accept(fresh, Events()))  # Queued, as the intake leaves it
+    queued_b = intake(controller, fresh)  # Queued, as the intake leaves it
     assert queued_b.status is not None and _queued(queued_b.status)
     assert controller.sync(queued_b, Events())["runId"] == "run-2"
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from opfixtures import CONFIG, NOW, Copier, Events, FakeBackend, Ticks, job, run_results
+from opfixtures import CONFIG, NOW, Copier, Events, FakeBackend, Ticks, intake, job, run_results
 from test_ticker import Writer
 
 from modelpress.operator.controller import Controller
@@ -82,7 +82,7 @@ def test_a_paused_replica_ticks_nothing_until_it_leads() -> None:
     ticker = Ticker(controller, writer, lambda job: Events(), 1.0, monotonic=ticks,
                     may_act=lambda: leading[0])
     new = job()
-    ticker.accepted(new, controller.accept(new, Events()))
+    ticker.observe(intake(controller, new))
     ticks.now += INTAKE_QUIET_SECONDS  # arrivals paused: only the peering holds it back
     asyncio.run(ticker.tick())
     assert backend.submitted == [] and writer.patches == {}

@@ -8,7 +8,18 @@ import asyncio
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from opfixtures import CONFIG, NOW, RECORDED, Copier, Events, FakeBackend, Ticks, job, run_results
+from opfixtures import (
+    CONFIG,
+    NOW,
+    RECORDED,
+    Copier,
+    Events,
+    FakeBackend,
+    Ticks,
+    intake,
+    job,
+    run_results,
+)
 
 from modelpress.operator.backends.base import RunState
 from modelpress.operator.controller import Controller
@@ -84,7 +95,7 @@ def _accepted(ticker: Ticker, count: int, has_finalizer: bool = True) -> list[Jo
     jobs = [replace(job(), uid=f"uid-{n}", name=f"job-{n}", has_finalizer=has_finalizer)
             for n in range(count)]
     for new in jobs:
-        ticker.accepted(new, ticker.controller.accept(new, Events()))
+        ticker.observe(intake(ticker.controller, new))
     return jobs
 
 
@@ -284,7 +295,7 @@ def test_a_steady_stream_of_new_jobs_cannot_stall_the_ticker() -> None:
         nonlocal first_submitted_at
         for n in range(int(2 * MAX_YIELD_SECONDS / step)):
             new = replace(job(), uid=f"uid-{n}", name=f"job-{n}")
-            ticker.accepted(new, ticker.controller.accept(new, Events()))
+            ticker.observe(intake(ticker.controller, new))
             await ticker.tick()
             if backend.submitted and first_submitted_at is None:
                 first_submitted_at = ticks.now
