@@ -51,7 +51,7 @@ from modelpress.operator.reconcile import (
 )
 from modelpress.operator.status import parse_status, status_patch
 
-CONCURRENT_WRITES = 64
+CONCURRENT_WRITES = 128
 EVENT_POSTERS = 2
 # Events wait until no new job came for QUIET_SECONDS, but at most MAX_EVENT_DELAY_SECONDS.
 QUIET_SECONDS = 0.25
@@ -169,6 +169,8 @@ class Intake:
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_new = 0.0  # monotonic time of the last new job seen
         self._watching: asyncio.Task[None] | None = None
+        # Where the watch resumes after it ends (None: from a fresh listing of every job).
+        self._version: str | None = None
         self._session: Any = None  # an aiohttp.ClientSession, while run() runs
 
     async def run(self, ready: Callable[[], None]) -> None:
@@ -195,6 +197,7 @@ class Intake:
                 except Exception as error:
                     logger.warning("The intake's watch ended (%s: %s); watching again",
                                    type(error).__name__, error)
+                    self._version = None  # what happened meanwhile is listed again
                     await asyncio.sleep(RECONNECT_SECONDS)
 
     def _jobs_path(self, namespace: str | None) -> str:
@@ -202,11 +205,13 @@ class Intake:
         return f"/apis/{API_GROUP}/{API_VERSION}{where}/{PLURAL}"
 
     async def _watch(self, ready: Callable[[], None]) -> None:
-        """One watch from the current state: every job is listed first (as ADDED), so a
-        job that arrived while the intake did not watch is not missed."""
+        """One watch: from where the last one ended, or from a listing of every job (as
+        ADDED events) at the start, after an expired version, and when this replica may
+        act again, so that no job is missed."""
         import aiohttp
 
-        params = {"watch": "true", "timeoutSeconds": str(WATCH_TIMEOUT_SECONDS)}
+        params = {"watch": "true", "timeoutSeconds": str(WATCH_TIMEOUT_SECONDS),
+                  **({"resourceVersion": self._version} if self._version else {})}
         async with self._session.get(self._jobs_path(self._namespace), params=params,
                                      headers=self._kube.headers(),
                                      timeout=aiohttp.ClientTimeout(total=None)) as stream:
@@ -214,9 +219,12 @@ class Intake:
             ready()
             async for line in stream.content:
                 event = json.loads(line)
-                if event.get("type") == "ERROR":
+                if event.get("type") == "ERROR":  # e.g. 410 Gone: the version expired
+                    self._version = None
                     raise RuntimeError(f"the watch answered {event.get('object')}")
                 body = event.get("object") or {}
+                self._version = body.get("metadata", {}).get("resourceVersion") \
+                    or self._version
                 if self._acting and brand_new(str(event.get("type")), body):
                     self._last_new = time.monotonic()
                     self._spawn(self._write(first_status(view_of(body), self._config, utc_now())))
@@ -287,6 +295,7 @@ class Intake:
             resumed = acting and not self._acting
             self._acting = acting
             if resumed and self._watching is not None:
+                self._version = None
                 self._watching.cancel()
 
 

@@ -152,3 +152,17 @@ def test_a_paused_replica_writes_nothing_until_it_may_act(
 
     _running(intake, test)
     assert _status(api, "waits")["phase"] == "Pending"
+
+
+def test_a_watch_that_ends_is_resumed(api: KubeStandIn, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(intake_module, "WATCH_TIMEOUT_SECONDS", 1)
+    intake = Intake(KubeSession(_settings(api)), CONFIG, "default")
+
+    async def test() -> None:
+        _create(api, "early", _spec())
+        await _until("the first job's status", lambda: _status(api, "early").get("phase"))
+        await asyncio.sleep(2.5)  # the watch ended and was resumed twice
+        _create(api, "late", _spec())
+        await _until("the later job's status", lambda: _status(api, "late").get("phase"))
+
+    _running(intake, test)
