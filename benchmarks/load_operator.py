@@ -7,8 +7,9 @@
 The Kubernetes API stand-in (tests/e2e/operator/kube_standin.py) runs in this process;
 `modelpress operator --backend local` runs as its own process, its runs executed by a
 fast fake runner (tests/integration/operator/fake_runners.py:succeed, a few milliseconds
-of work in a worker process of its own). All jobs are created at once through the API;
-then the benchmark waits for every job to reach a terminal phase and reports:
+of work in a worker process of its own). All jobs are created at once through the API,
+by 64 client threads of a process of their own; then the benchmark waits for every job to
+reach a terminal phase and reports:
 
 - apply → Pending latency, per job: from the moment the API server stored the object to
   the first status write that gives it a phase (p50, p95, max);
@@ -43,7 +44,6 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +52,10 @@ sys.path.insert(0, str(ROOT / "tests" / "reliability"))
 
 from cli_runs import LIGHT_SPEC, job_document  # noqa: E402
 from standin_operator import (  # noqa: E402
+    JOBS_PATH,
     TERMINAL,
     KubeStandIn,
     OperatorProcess,
-    create_job,
     start_standin,
 )
 
@@ -129,6 +129,23 @@ def _dump_profile():
 
 
 atexit.register(_dump_profile)
+"""
+
+
+# The load's clients (apply_jobs): POST each job read from stdin to argv[1], argv[2] at once.
+APPLY = """
+import json, sys, urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+def create(document):
+    request = urllib.request.Request(sys.argv[1], method="POST", data=json.dumps(
+        document).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        answer.read()
+
+
+with ThreadPoolExecutor(max_workers=int(sys.argv[2])) as pool:
+    list(pool.map(create, json.load(sys.stdin)))
 """
 
 
@@ -327,10 +344,15 @@ def run(jobs: int, max_runs: int, poll: float, timeout: float, runner: str,
 
 
 def apply_jobs(api: KubeStandIn, jobs: int) -> None:
-    """POST `jobs` CompressionJobs at once, from 64 threads (as many clients would)."""
-    names = [f"load-{index:04d}" for index in range(jobs)]
-    with ThreadPoolExecutor(max_workers=min(64, jobs)) as pool:
-        list(pool.map(lambda name: create_job(api, job_document(name, LIGHT_SPEC)), names))
+    """POST `jobs` CompressionJobs at once, from 64 threads (as many clients would) of a
+    process of their own: clients in the stand-in's process would share its GIL, and so
+    slow the API server itself down."""
+    import subprocess
+
+    documents = [job_document(f"load-{index:04d}", LIGHT_SPEC) for index in range(jobs)]
+    subprocess.run([sys.executable, "-c", APPLY, api.url + JOBS_PATH.format(
+        namespace="default"), str(min(64, jobs))], input=json.dumps(documents), text=True,
+        check=True)
 
 
 def floor(jobs: int) -> dict[str, Any]:

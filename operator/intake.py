@@ -227,7 +227,19 @@ class Intake:
                     or self._version
                 if self._acting and brand_new(str(event.get("type")), body):
                     self._last_new = time.monotonic()
-                    self._spawn(self._write(first_status(view_of(body), self._config, utc_now())))
+                    self._take(body)
+
+    def _take(self, body: Mapping[str, Any]) -> None:
+        """Write the first status of the new job `body`. A job that cannot be judged is
+        logged and left (its next event tries again), never allowed to stop the watch."""
+        try:
+            first = first_status(view_of(body), self._config, utc_now())
+        except Exception:
+            metadata = body.get("metadata", {})
+            logger.exception("The first status of %s/%s could not be made",
+                             metadata.get("namespace"), metadata.get("name"))
+            return
+        self._spawn(self._write(first))
 
     def _spawn(self, work: Any) -> None:
         task = asyncio.create_task(work)
@@ -247,16 +259,16 @@ class Intake:
                                  "Content-Type": "application/merge-patch+json"}) as answer:
                     text = await answer.text()
             except Exception as error:
-                text, status = f"{type(error).__name__}: {error}", None
+                status, why = None, f"{type(error).__name__}: {error}"
             else:
-                status = answer.status
+                status, why = answer.status, f"{answer.status}: {text[:300]}"
             if status == 200:
                 await self._events.put(first)
                 return
             if status in (GONE, CONFLICT):
                 return
             logger.warning("The first status of %s/%s was not written (%s); trying again",
-                           first.namespace, first.name, status or text)
+                           first.namespace, first.name, why)
         logger.error("The first status of %s/%s was not written; it is written when the "
                      "job next changes or the operator restarts", first.namespace, first.name)
 

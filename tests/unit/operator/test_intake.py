@@ -3,13 +3,15 @@ and what its first status and Events are."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from typing import Any
 
 import pytest
+from kubernetes import client
 from opfixtures import CONFIG, NOW, job, spec
 
-from modelpress.operator.intake import brand_new, event_body, first_status
+from modelpress.operator.intake import Intake, KubeSession, brand_new, event_body, first_status
 from modelpress.operator.reconcile import FINALIZER
 
 
@@ -71,3 +73,14 @@ def test_an_event_names_its_job() -> None:
     assert (body["type"], body["reason"]) == ("Normal", "Queued")
     assert body["metadata"] == {"generateName": "digits.", "namespace": "ml"}
     assert body["firstTimestamp"] == body["lastTimestamp"] == "2025-05-01T12:00:00Z"
+
+
+def test_a_job_that_cannot_be_judged_is_logged_and_left(caplog: pytest.LogCaptureFixture
+                                                        ) -> None:
+    settings = client.Configuration()
+    settings.host = "http://127.0.0.1:1"
+    intake = Intake(KubeSession(settings), CONFIG, "ml")
+    with caplog.at_level(logging.ERROR):
+        intake._take({"metadata": {"namespace": "ml"}, "spec": spec()})  # it has no name
+    assert "The first status of ml/None could not be made" in caplog.text
+    assert "KeyError: 'name'" in caplog.text
