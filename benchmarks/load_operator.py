@@ -63,7 +63,7 @@ from standin_operator import (  # noqa: E402
 FAILURE_IN_LOG = r"Handler '[^']+' failed|Sync of \S+ failed"
 TARGET_P95_S = 0.5
 PROFILE_EXIT_S = 600.0
-TARGET_RSS_MB = 200.0
+TARGET_MEMORY_MB = 200.0
 PLURAL = "compressionjobs"
 # Run inside the operator before it starts: wall time spent in the controller and the
 # local backend, per call site, written as JSON to $MODELPRESS_LOAD_BREAKDOWN at exit.
@@ -389,9 +389,9 @@ def verdict(report: dict[str, Any]) -> list[str]:
     p95 = report["applyToPendingSeconds"]["p95"]
     if p95 is None or p95 > TARGET_P95_S:
         missed.append(f"apply → Pending p95 {p95} s > {TARGET_P95_S} s")
-    if report["operatorPssMB"]["peakSampled"] > TARGET_RSS_MB:
+    if report["operatorPssMB"]["peakSampled"] > TARGET_MEMORY_MB:
         missed.append(f"operator memory {report['operatorPssMB']['peakSampled']} MB > "
-                      f"{TARGET_RSS_MB} MB")
+                      f"{TARGET_MEMORY_MB} MB")
     if report["runFolders"] != report["jobs"] or report["runsStartedTwice"]:
         missed.append(f"{report['runFolders']} runs for {report['jobs']} jobs, "
                       f"{report['runsStartedTwice']} started twice")

@@ -50,6 +50,7 @@ from modelpress.operator.reconcile import (
     transition_events,
 )
 from modelpress.operator.status import parse_status, status_patch
+from modelpress.operator.ticker import kube_configuration
 
 CONCURRENT_WRITES = 128
 EVENT_POSTERS = 2
@@ -121,20 +122,6 @@ class KubeSession:
     def __init__(self, settings: Any) -> None:
         self._settings = settings
         self.host = str(settings.host).rstrip("/")
-
-    @classmethod
-    def found(cls) -> KubeSession:
-        """In-cluster, else the kubeconfig of $KUBECONFIG as it is set now (the kubernetes
-        client reads it once, when imported), as kopf's own login finds them."""
-        from kubernetes import client, config
-
-        settings = client.Configuration()
-        try:
-            config.load_incluster_config(client_configuration=settings)
-        except config.ConfigException:
-            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"),
-                                    client_configuration=settings)
-        return cls(settings)
 
     def headers(self) -> dict[str, str]:
         token = self._settings.get_api_key_with_prefix("authorization")
@@ -365,7 +352,7 @@ def _serve_forked(config: Config, namespace: str | None,
     code = 0
     try:
         gate = may_act() if may_act is not None else None
-        intake = Intake(KubeSession.found(), config, namespace, gate)
+        intake = Intake(KubeSession(kube_configuration()), config, namespace, gate)
         _run_until_orphaned(intake, ready_write, alive_read)
     except BaseException as error:  # the operator's process logs the exit too
         logger.exception("The intake stopped: %s: %s", type(error).__name__, error)

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from modelpress.api import API_GROUP, API_VERSION
 from modelpress.crd import PLURAL
@@ -29,6 +30,7 @@ RETRY_SECONDS = 10.0
 INTAKE_QUIET_SECONDS = 0.25
 MAX_YIELD_SECONDS = 10.0
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class JobGone(Exception):
@@ -93,16 +95,26 @@ class KubeStatusWriter:
         return True
 
 
-def kube_api() -> Any:
-    """A CustomObjectsApi with the in-cluster config, else the kubeconfig (as kopf's own
-    login finds them)."""
+def kube_configuration() -> Any:
+    """The API server's address and credentials, a kubernetes client Configuration:
+    in-cluster, else the kubeconfig of $KUBECONFIG as it is set now (the kubernetes client
+    reads it once, when imported), as kopf's own login finds them."""
     from kubernetes import client, config
 
+    settings = client.Configuration()
     try:
-        config.load_incluster_config()
+        config.load_incluster_config(client_configuration=settings)
     except config.ConfigException:
-        config.load_kube_config()
-    return client.CustomObjectsApi()
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"),
+                                client_configuration=settings)
+    return settings
+
+
+def kube_api() -> Any:
+    """A CustomObjectsApi of the API server `kube_configuration` finds."""
+    from kubernetes import client
+
+    return client.CustomObjectsApi(client.ApiClient(kube_configuration()))
 
 
 class Ticker:
@@ -259,41 +271,46 @@ class Ticker:
         1,000 arrive at once, a finalizer patch each, and its watch event, would delay the
         phase of the ones behind). None: the job is gone (forgotten), or the write failed
         or met a newer version (tried again at a later pass)."""
-        try:
-            if not self._writer.put_finalizer(job):
-                self._admit = True
-                return None
-        except JobGone:
-            self.forget(job.uid)
+        written = self._attempt(job, lambda: self._writer.put_finalizer(job))
+        if written is None:
             return None
-        except Exception as error:  # reported, counted, and retried like a failed sync
-            self._failed(job, error)
+        if not written:  # the job changed under the write
+            self._admit = True
             return None
         finalized = replace(job, has_finalizer=True)
         with self._lock:
             self.schedule.observe(finalized, self._monotonic())
         return finalized
 
-    def _failed(self, job: JobView, error: BaseException) -> None:
-        self.controller.record_error(job, error)
-        logger.warning("Sync of %s/%s failed; retrying in %.0f s: %s", job.namespace,
-                       job.name, RETRY_SECONDS, error)
-        with self._lock:
-            self.schedule.retry_later(job.uid, self._monotonic() + RETRY_SECONDS)
+    def _attempt(self, job: JobView, work: Callable[[], T]) -> T | None:
+        """`work()` for `job`, or None when it failed: a job gone is forgotten; any other
+        error is reported, counted, and tried again RETRY_SECONDS later, like a failed
+        handler."""
+        try:
+            return work()
+        except JobGone:
+            self.forget(job.uid)
+        except Exception as error:
+            self.controller.record_error(job, error)
+            logger.warning("Sync of %s/%s failed; retrying in %.0f s: %s", job.namespace,
+                           job.name, RETRY_SECONDS, error)
+            with self._lock:
+                self.schedule.retry_later(job.uid, self._monotonic() + RETRY_SECONDS)
+        return None
 
     def _sync(self, job: JobView) -> bool:
         """Sync one job and write its status; whether its run ended (a slot freed)."""
-        try:
-            patch = self.controller.sync(job, self._events_for(job))
-            if patch:
-                self._writer.patch_status(job.namespace, job.name, patch)
-        except JobGone:
-            self.forget(job.uid)
-            return False
-        except Exception as error:  # reported, counted, and retried like a failed handler
-            self._failed(job, error)
+        patch = self._attempt(job, lambda: self._written_sync(job))
+        if patch is None:
             return False
         status = merged(job.status, patch)
         with self._lock:
             self.schedule.synced(job, status, self._monotonic())
         return waiting_for(job.status) is Waiting.RUN and waiting_for(status) is not Waiting.RUN
+
+    def _written_sync(self, job: JobView) -> dict[str, Any]:
+        """Sync `job` and write the status patch it gives (when not empty)."""
+        patch = self.controller.sync(job, self._events_for(job))
+        if patch:
+            self._writer.patch_status(job.namespace, job.name, patch)
+        return patch

@@ -218,8 +218,9 @@ def intake(controller: Controller, view: JobView, events: Events | None = None) 
     """`view` after the intake process's first status, as the operator's process first
     sees it (its Events go to `events`)."""
     first = first_status(view, controller.config, NOW)
+    emit = events if events is not None else Events()
     for event in first.events:
-        (events or Events())(event.type, event.reason, event.message)
+        emit(event.type, event.reason, event.message)
     accepted = apply(view, first.patch)
     controller.observed(accepted)
     return accepted
