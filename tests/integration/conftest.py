@@ -33,6 +33,12 @@ STOP_GRACE_S = 5.0
 STOP_TIMEOUT_S = 15.0
 # weed's admin worker dials the admin http port + 10000, whatever -admin.port.grpc says.
 GRPC_PORT_OFFSET = 10000
+# Every bucket is a collection with volumes of its own. Left to itself, `weed mini` allows
+# free disk / volume size volumes (1 GiB each on a large disk), so a disk with 22 GB free
+# refuses the 22nd bucket with InternalError. The tests' objects are small: many small
+# volumes, not preallocated, take almost no disk.
+VOLUME_SIZE_LIMIT_MB = 64
+MAX_VOLUMES = 1000
 
 
 @dataclass(frozen=True)
@@ -126,6 +132,8 @@ def weed_command(weed: Path, workdir: Path, identities: Path) -> tuple[list[str]
         f"-ip.bind={LOOPBACK}",
         f"-dir={data}",
         "-master.telemetry=false",
+        f"-master.volumeSizeLimitMB={VOLUME_SIZE_LIMIT_MB}",
+        f"-volume.max={MAX_VOLUMES}",
         f"-master.port={master}",
         f"-master.port.grpc={master_grpc}",
         f"-volume.port={volume}",

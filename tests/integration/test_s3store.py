@@ -30,6 +30,8 @@ class S3Server(Protocol):
 
 
 FAST_RETRY = RetryPolicy(attempts=3, first_delay_s=0.01, max_delay_s=0.05)
+# More buckets than the whole suite makes on the one session server.
+BUCKETS_A_SESSION_MAY_USE = 80
 
 
 def write_bytes(path: Path, data: bytes) -> Path:
@@ -316,3 +318,15 @@ def test_bad_configuration_is_refused(
 def test_keys_stay_under_the_prefix(store: S3Store, key: str) -> None:
     with pytest.raises(StoreError, match="not a path inside"):
         store.uri(key)
+
+
+def test_the_server_takes_more_buckets_than_a_disk_sized_volume_count(s3_env: S3Server) -> None:
+    """Each bucket takes a volume of its own; the suite's server must not run out of them
+    (it did, at the 22nd bucket, when `weed mini` sized its volumes by the free disk)."""
+    client = s3_env.client()
+    buckets = [f"mp-many-{index:03d}-{os.getpid()}" for index in range(BUCKETS_A_SESSION_MAY_USE)]
+    for bucket in buckets:
+        client.make_bucket(bucket)
+        client.put_object(bucket, "a.bin", io.BytesIO(b"a"), 1)
+
+    assert all(client.stat_object(bucket, "a.bin").size == 1 for bucket in buckets)
