@@ -560,17 +560,17 @@ class CompressionSpec(Model):
     @model_validator(mode="after")
     def _steps_fit_together(self) -> CompressionSpec:
         kinds = [step.kind for step in self.steps]
-        for index, kind in enumerate(kinds):
+        every_options = [step.options for step in self.steps]
+        for index, (kind, options) in enumerate(zip(kinds, every_options, strict=True)):
             if kind == "quantize" and index != len(kinds) - 1:
                 raise ValueError(f"steps[{index}]: quantize must be the last step (later steps "
                                  "need a torch model)")
-            options = self.steps[index].options
             if isinstance(options, QuantizeStep) and options.mode == "static" \
                     and self.data.calibration is None:
                 raise ValueError(f"steps[{index}]: static quantization needs data.calibration")
-            reshaped_before = any(k == "decompose" or (k == "prune" and self.steps[i].options
-                                                        .structured)  # type: ignore[attr-defined]
-                                  for i, k in enumerate(kinds[:index]))
+            reshaped_before = any(isinstance(earlier, DecomposeStep) or (
+                isinstance(earlier, PruneStep) and earlier.structured)
+                for earlier in every_options[:index])
             if kind == "decompose" and reshaped_before:
                 raise ValueError(f"steps[{index}]: decompose must come before any structured "
                                  "prune or other decompose step")

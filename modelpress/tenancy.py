@@ -55,17 +55,44 @@ def template_error(template: str) -> str | None:
 def outside(location: str, prefixes: Sequence[str]) -> str | None:
     """None when `location` lies under one of `prefixes` (already expanded); otherwise one
     line saying why not, naming the prefixes."""
-    if _USERINFO.match(location):  # said without echoing what may be a password
-        shown = _USERINFO.sub(r"\1***@", location)
-        return f"{shown}: a location may not carry credentials"
-    try:
-        place = _place(location)
-    except StoreError as error:
-        return one_line(str(error))
-    if any(_under(place, _place(prefix)) for prefix in prefixes):
-        return None
-    allowed = ", ".join(prefixes) or "none are configured"
-    return f"{location} lies outside this namespace's locations ({allowed})"
+    return Prefixes(prefixes).outside(location)
+
+
+class Prefixes:
+    """A namespace's prefixes (already expanded), each resolved at most once: a job's
+    locations are all judged against the same resolution. A prefix is resolved when a
+    location of its scheme is first judged (a file:// prefix's links read once a job, not
+    once a location, and not at all for a job that names only s3:// locations)."""
+
+    def __init__(self, prefixes: Sequence[str]) -> None:
+        self._prefixes = list(prefixes)
+        self._places: dict[str, _Place] = {}
+
+    def outside(self, location: str) -> str | None:
+        """None when `location` lies under one of the prefixes; otherwise one line saying
+        why not, naming them."""
+        if _USERINFO.match(location):  # said without echoing what may be a password
+            shown = _USERINFO.sub(r"\1***@", location)
+            return f"{shown}: a location may not carry credentials"
+        try:
+            place = _place(location)
+        except StoreError as error:
+            return one_line(str(error))
+        if any(_under(place, self._place_of(prefix)) for prefix in self._prefixes
+               if _scheme(prefix) == place[0]):
+            return None
+        allowed = ", ".join(self._prefixes) or "none are configured"
+        return f"{location} lies outside this namespace's locations ({allowed})"
+
+    def _place_of(self, prefix: str) -> _Place:
+        if prefix not in self._places:
+            self._places[prefix] = _place(prefix)
+        return self._places[prefix]
+
+
+def _scheme(location: str) -> str:
+    """The scheme `_place` gives `location`: s3, or file (every other one is refused)."""
+    return "s3" if location.startswith("s3://") else "file"
 
 
 # A location as compared: (scheme, bucket, path segments as written, resolved segments).
@@ -73,7 +100,7 @@ _Place = tuple[str, str, tuple[str, ...], tuple[str, ...]]
 
 
 def _place(location: str) -> _Place:
-    if location.startswith("s3://"):
+    if _scheme(location) == "s3":
         return _s3_place(location)
     path = local_folder(location).expanduser()  # StoreError for another scheme or host
     if not path.is_absolute():

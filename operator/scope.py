@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 
 from modelpress.api import CompressionJob
 from modelpress.errors import one_line
-from modelpress.tenancy import expand, outside
+from modelpress.tenancy import Prefixes, expand
 
 # Inputs by these schemes name a place in a store or on disk; builtin:// names shipped
 # data, and http(s):// and hf:// are checked where they are fetched.
@@ -23,9 +23,9 @@ def outside_namespace(job: CompressionJob, default_output: str,
                       prefix_templates: Sequence[str]) -> str | None:
     """One line naming the first field of `job` that lies outside its namespace's prefixes
     (`default_output` stands for an unset spec.output), or None."""
-    prefixes = expand(prefix_templates, job.metadata.namespace)
+    prefixes = Prefixes(expand(prefix_templates, job.metadata.namespace))
     for where, location in _locations(job, default_output):
-        problem = outside(location, prefixes)
+        problem = prefixes.outside(location)
         if problem:
             return f"{where}: {problem}"
     return None
