@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import sys
@@ -273,13 +274,17 @@ def runs_started(workdir: Path) -> dict[str, int]:
 
 
 def run(jobs: int, max_runs: int, poll: float, timeout: float, runner: str,
-        profile: Path | None = None, settings: dict[str, str] | None = None) -> dict[str, Any]:
+        profile: Path | None = None, settings: dict[str, str] | None = None,
+        cpus: tuple[set[int], set[int]] | None = None) -> dict[str, Any]:
+    """One load run; `cpus`: (the harness's CPUs, the operator's), or None to share all."""
+    if cpus:  # before the stand-in's threads and the clients' process: they inherit it
+        os.sched_setaffinity(0, cpus[0])
     api = start_standin()
     timeline = Timeline(api)
     root = Path(tempfile.mkdtemp(prefix="modelpress-load-"))
     breakdown = root / "breakdown.json"
     profiling = {"MODELPRESS_LOAD_PROFILE": str(profile.resolve())} if profile else {}
-    operator = OperatorProcess(root, api, runner=runner,
+    operator = OperatorProcess(root, api, runner=runner, cpus=cpus[1] if cpus else None,
                                prologue=BREAKDOWN + (PROFILE if profile else ""), extra_env={
         "MODELPRESS_MAX_RUNS_IN_FLIGHT": str(max_runs),
         # Every job of the load lies in one namespace: its cap must not be the tighter one.
@@ -319,6 +324,7 @@ def run(jobs: int, max_runs: int, poll: float, timeout: float, runner: str,
     return {
         "jobs": jobs, "maxRunsInFlight": max_runs, "pollSeconds": poll, "runner": runner,
         "operatorSettings": settings or {},
+        "cpus": {"harness": sorted(cpus[0]), "operator": sorted(cpus[1])} if cpus else "shared",
         "applySeconds": round(applied_s, 2),
         "givenAPhase": len(latencies), "terminal": len(timeline.terminal),
         "succeeded": phases.count("Succeeded"), "failed": phases.count("Failed"),
@@ -343,6 +349,16 @@ def run(jobs: int, max_runs: int, poll: float, timeout: float, runner: str,
     }
 
 
+def split_cpus(operator_cpus: int) -> tuple[set[int], set[int]]:
+    """(the harness's CPUs, the operator's): the last `operator_cpus` of this process's
+    CPUs for the operator, the rest for the API stand-in and the clients."""
+    available = sorted(os.sched_getaffinity(0))
+    if not 0 < operator_cpus < len(available):
+        raise SystemExit(f"--operator-cpus {operator_cpus}: this machine lends "
+                         f"{len(available)} CPUs, and the harness needs at least one")
+    return set(available[:-operator_cpus]), set(available[-operator_cpus:])
+
+
 def apply_jobs(api: KubeStandIn, jobs: int) -> None:
     """POST `jobs` CompressionJobs at once, from 64 threads (as many clients would) of a
     process of their own: clients in the stand-in's process would share its GIL, and so
@@ -355,14 +371,18 @@ def apply_jobs(api: KubeStandIn, jobs: int) -> None:
         check=True)
 
 
-def floor(jobs: int) -> dict[str, Any]:
-    """apply → Pending with benchmarks/floor_watcher.py in the operator's place."""
+def floor(jobs: int, cpus: tuple[set[int], set[int]] | None = None) -> dict[str, Any]:
+    """apply → Pending with benchmarks/floor_watcher.py in the operator's place (on the
+    operator's CPUs when `cpus` splits them)."""
     import subprocess
 
+    if cpus:
+        os.sched_setaffinity(0, cpus[0])
     api = start_standin()
     timeline = Timeline(api)
     watcher = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "floor_watcher.py"),
-                                api.url])
+                                api.url], preexec_fn=(lambda: os.sched_setaffinity(0, cpus[1]))
+                               if cpus else None)
     try:
         time.sleep(2.0)  # its watch is open
         began = time.monotonic()
@@ -377,6 +397,7 @@ def floor(jobs: int) -> dict[str, Any]:
         api.stop()
     latencies = timeline.latencies()
     return {"floor": "benchmarks/floor_watcher.py", "jobs": jobs,
+            "cpus": {"harness": sorted(cpus[0]), "operator": sorted(cpus[1])} if cpus else "shared",
             "applySeconds": round(applied_s, 2), "givenAPhase": len(latencies),
             "applyToPendingSeconds": spread(latencies)}
 
@@ -421,17 +442,24 @@ def main() -> int:
                         help="cProfile the operator process (every thread) into FILE (pstats; "
                              "read with `python -m pstats FILE`); slows the operator down, so "
                              "its latencies are not comparable with an unprofiled run")
+    parser.add_argument("--operator-cpus", type=int, metavar="N",
+                        help="pin the operator (its intake, its runs) to N CPUs of its own and "
+                             "the API stand-in and the clients to the rest, as in a cluster: "
+                             "the chart requests 1 CPU for the operator's pod, and the API "
+                             "server runs elsewhere (default: all share every CPU)")
     parser.add_argument("--floor", action="store_true",
                         help="a bare watcher instead of the operator: the harness's own floor")
     arguments = parser.parse_args()
+    cpus = split_cpus(arguments.operator_cpus) if arguments.operator_cpus else None
     if arguments.floor:
-        print(json.dumps(floor(arguments.jobs), indent=2))
+        print(json.dumps(floor(arguments.jobs, cpus), indent=2))
         return 0
     reports = []
     for _ in range(arguments.repeat):
         report = run(arguments.jobs, arguments.max_runs, arguments.poll, arguments.timeout,
                      arguments.runner, arguments.profile,
-                     dict(setting.split("=", 1) for setting in arguments.setting))
+                     dict(setting.split("=", 1) for setting in arguments.setting),
+                     cpus)
         report["targetsMissed"] = verdict(report)
         reports.append(report)
     document = reports[0] if len(reports) == 1 else {

@@ -93,6 +93,8 @@ class OperatorProcess:
     extra_env: dict[str, str] = field(default_factory=dict)
     name: str = "operator"
     prologue: str = ""
+    # The CPUs the operator (its intake, its runs) may use; None: any.
+    cpus: set[int] | None = None
     process: subprocess.Popen[bytes] | None = None
     metrics_port: int = field(default_factory=free_port)
     liveness_port: int = field(default_factory=free_port)
@@ -130,9 +132,14 @@ class OperatorProcess:
                 [sys.executable, "-c", LAUNCH.format(prologue=self.prologue), self.runner,
                  str(self.metrics_port), self.backend],
                 env=self.environment(), cwd=self.root, stdout=log,
-                stderr=subprocess.STDOUT)
+                stderr=subprocess.STDOUT, preexec_fn=self._pin if self.cpus else None)
         wait_until("the operator's liveness endpoint", self.live, timeout=START_TIMEOUT_S)
         return self
+
+    def _pin(self) -> None:
+        """In the child, before exec: every thread and child it makes inherits the set."""
+        assert self.cpus is not None
+        os.sched_setaffinity(0, self.cpus)
 
     def live(self) -> bool:
         assert self.process is not None
