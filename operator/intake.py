@@ -216,6 +216,10 @@ class Intake:
                 if self._acting and brand_new(str(event.get("type")), body):
                     self._last_new = time.monotonic()
                     self._take(body)
+                    # The stream's lines come without a pause while they are buffered:
+                    # without this, in a burst the writes just started waited for the
+                    # stream to go quiet (every first status after the last job applied).
+                    await asyncio.sleep(0)
 
     def _take(self, body: Mapping[str, Any]) -> None:
         """Write the first status of the new job `body`. A job that cannot be judged is

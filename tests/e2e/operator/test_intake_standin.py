@@ -120,6 +120,37 @@ def test_new_jobs_get_their_first_status_then_their_event(
                             ("valid", "Normal", "Queued")]
 
 
+def test_writes_start_while_the_watch_stream_is_still_buffered(
+        api: KubeStandIn, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Jobs listed at once come in one buffered chunk of the stream: each job's write
+    starts before the next job is taken, not once the stream goes quiet."""
+    names = [f"listed-{index}" for index in range(10)]
+    for name in names:
+        _create(api, name, _spec())
+    order: list[tuple[str, str]] = []
+    take, write = Intake._take, Intake._write
+
+    def taking(self: Intake, body: Any) -> None:
+        order.append(("take", body["metadata"]["name"]))
+        take(self, body)
+
+    async def writing(self: Intake, first: Any) -> None:
+        order.append(("write", first.name))
+        await write(self, first)
+
+    monkeypatch.setattr(Intake, "_take", taking)
+    monkeypatch.setattr(Intake, "_write", writing)
+    intake = Intake(KubeSession(_settings(api)), CONFIG, "default")
+
+    async def test() -> None:
+        await _until("every first status",
+                     lambda: all(_status(api, name).get("phase") for name in names))
+
+    _running(intake, test)
+    listed = sorted(names, key=[name for step, name in order if step == "take"].index)
+    assert order == [(step, name) for name in listed for step in ("take", "write")]
+
+
 def test_a_stale_first_status_is_refused_and_the_edit_answered(
         api: KubeStandIn) -> None:
     stale = view_of(_create(api, "edited", _spec()))
