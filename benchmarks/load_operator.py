@@ -1,8 +1,8 @@
 """Load: many CompressionJobs applied at once to one operator; run by hand, not a test.
 
     python benchmarks/load_operator.py [--jobs 200] [--max-runs 2] [--poll 1.0] [--repeat 1]
-        [--profile FILE]
-    python benchmarks/load_operator.py --floor [--jobs 1000]
+        [--operator-cpus N] [--profile FILE]
+    python benchmarks/load_operator.py --floor [--jobs 1000] [--operator-cpus N]
 
 The Kubernetes API stand-in (tests/e2e/operator/kube_standin.py) runs in this process;
 `modelpress operator --backend local` runs as its own process, its runs executed by a
