@@ -276,9 +276,8 @@ def runs_started(workdir: Path) -> dict[str, int]:
 def run(jobs: int, max_runs: int, poll: float, timeout: float, runner: str,
         profile: Path | None = None, settings: dict[str, str] | None = None,
         cpus: tuple[set[int], set[int]] | None = None) -> dict[str, Any]:
-    """One load run; `cpus`: (the harness's CPUs, the operator's), or None to share all."""
-    if cpus:  # before the stand-in's threads and the clients' process: they inherit it
-        os.sched_setaffinity(0, cpus[0])
+    """One load run; `cpus`: (the harness's CPUs, this process pinned to them already; the
+    operator's), or None to share all."""
     api = start_standin()
     timeline = Timeline(api)
     root = Path(tempfile.mkdtemp(prefix="modelpress-load-"))
@@ -324,7 +323,7 @@ def run(jobs: int, max_runs: int, poll: float, timeout: float, runner: str,
     return {
         "jobs": jobs, "maxRunsInFlight": max_runs, "pollSeconds": poll, "runner": runner,
         "operatorSettings": settings or {},
-        "cpus": {"harness": sorted(cpus[0]), "operator": sorted(cpus[1])} if cpus else "shared",
+        "cpus": described(cpus),
         "applySeconds": round(applied_s, 2),
         "givenAPhase": len(latencies), "terminal": len(timeline.terminal),
         "succeeded": phases.count("Succeeded"), "failed": phases.count("Failed"),
@@ -359,6 +358,11 @@ def split_cpus(operator_cpus: int) -> tuple[set[int], set[int]]:
     return set(available[:-operator_cpus]), set(available[-operator_cpus:])
 
 
+def described(cpus: tuple[set[int], set[int]] | None) -> dict[str, list[int]] | str:
+    """The CPU split as a report states it."""
+    return {"harness": sorted(cpus[0]), "operator": sorted(cpus[1])} if cpus else "shared"
+
+
 def apply_jobs(api: KubeStandIn, jobs: int) -> None:
     """POST `jobs` CompressionJobs at once, from 64 threads (as many clients would) of a
     process of their own: clients in the stand-in's process would share its GIL, and so
@@ -373,11 +377,9 @@ def apply_jobs(api: KubeStandIn, jobs: int) -> None:
 
 def floor(jobs: int, cpus: tuple[set[int], set[int]] | None = None) -> dict[str, Any]:
     """apply → Pending with benchmarks/floor_watcher.py in the operator's place (on the
-    operator's CPUs when `cpus` splits them)."""
+    operator's CPUs when `cpus` splits them; this process pinned to the harness's already)."""
     import subprocess
 
-    if cpus:
-        os.sched_setaffinity(0, cpus[0])
     api = start_standin()
     timeline = Timeline(api)
     watcher = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "floor_watcher.py"),
@@ -397,7 +399,7 @@ def floor(jobs: int, cpus: tuple[set[int], set[int]] | None = None) -> dict[str,
         api.stop()
     latencies = timeline.latencies()
     return {"floor": "benchmarks/floor_watcher.py", "jobs": jobs,
-            "cpus": {"harness": sorted(cpus[0]), "operator": sorted(cpus[1])} if cpus else "shared",
+            "cpus": described(cpus),
             "applySeconds": round(applied_s, 2), "givenAPhase": len(latencies),
             "applyToPendingSeconds": spread(latencies)}
 
@@ -451,6 +453,8 @@ def main() -> int:
                         help="a bare watcher instead of the operator: the harness's own floor")
     arguments = parser.parse_args()
     cpus = split_cpus(arguments.operator_cpus) if arguments.operator_cpus else None
+    if cpus:  # before the stand-in's threads and the clients' process: they inherit it
+        os.sched_setaffinity(0, cpus[0])
     if arguments.floor:
         print(json.dumps(floor(arguments.jobs, cpus), indent=2))
         return 0
